@@ -1,0 +1,43 @@
+# tunesmith: `make demo` runs the embedded default, `make test` the test suite.
+# Each target creates .venv and installs what it needs (skipped when nothing changed).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: demo test test-fast test-gpu bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: here it resolves to the local CPU build; elsewhere it is the normal wheel.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+
+test: lint
+	$(PY) -m pytest -q -m "not gpu" --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu and not slow and not distributed" -x
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu tests/gpu
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench examples
+	$(VENV)/bin/ruff check --fix src tests bench examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""The `tunesmith` command: subcommands that parse arguments and call library functions.
+
+    tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
+    tunesmith generate runs/a --input data.jsonl --output preds.jsonl --max-new-tokens 64
+    tunesmith config --explain train
+
+User mistakes print one line (`error: ...`) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tunesmith.errors import EXIT_USER_ERROR, UserError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tunesmith.generate import GenerationSettings, generate_file
+
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        batch_size=args.batch_size,
+    )
+    n = generate_file(args.model, args.input, args.output, settings)
+    print(f"wrote {n} records to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tunesmith.config import explain, load_config, to_dict
+
+    if args.explain is not None or args.config is None:
+        print(explain(args.explain or None))
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model from a YAML recipe")
+    p.add_argument("config", help="recipe YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate for a jsonl of inputs with a trained model")
+    p.add_argument("model", help="run folder or model/adapter folder")
+    p.add_argument("--input", required=True, help="jsonl of records (same fields as training)")
+    p.add_argument("--output", required=True, help="jsonl to write (records + generated_text)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("config", help="explain config keys, or print a resolved recipe")
+    p.add_argument("config", nargs="?", help="recipe YAML to resolve and print")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument(
+        "--explain",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SECTION",
+        help="print fields, types, defaults and help (all sections, or one: train, method.lora...)",
+    )
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Generation from a trained model, with the same templates as training.
+
+    tunesmith generate runs/a/final --input data.jsonl --output preds.jsonl --max-new-tokens 64
+
+The model folder is a run's final/ (or the run folder itself): a full HF model, or a PEFT adapter
+whose base is rebuilt from tunesmith.json. Each input record comes back with `generated_text`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from tunesmith.config import ModelConfig
+from tunesmith.data.formats import Example, format_record
+from tunesmith.data.sources import DatasetEntry, read_records
+from tunesmith.data.tokenize import encode_prompt
+from tunesmith.errors import UserError
+from tunesmith.models.load import ensure_pad_token
+from tunesmith.train.run_dir import RUN_RECORD
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    batch_size: int = 8
+
+
+@dataclass
+class LoadedForInference:
+    model: Any
+    tokenizer: Any
+    record: dict[str, Any]
+    encoder_decoder: bool
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A run folder means its final/; anything else must hold a model or an adapter."""
+    path = Path(path)
+    if (path / "final").is_dir():
+        path = path / "final"
+    if not path.is_dir():
+        raise UserError(f"{path}: no such model folder", "give a run folder or its final/")
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        raise UserError(f"{path}: no config.json or adapter_config.json", "is this a model folder?")
+    return path
+
+
+def read_run_record(model_dir: Path) -> dict[str, Any]:
+    file = model_dir / RUN_RECORD
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def load_base_from_record(record: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, bool]:
+    """Rebuild the base model a run started from (hub id, folder or GGUF file)."""
+    base = record.get("base_model") or {}
+    model_cfg = ModelConfig(
+        name=base.get("name"),
+        gguf_file=base.get("gguf_file"),
+        tokenizer=base.get("tokenizer"),
+        revision=base.get("revision"),
+        trust_remote_code=bool(base.get("trust_remote_code")),
+    )
+    if not model_cfg.name:
+        raise UserError("the adapter's tunesmith.json names no base model folder or hub id")
+    auto = AutoModelForSeq2SeqLM if record.get("encoder_decoder") else AutoModelForCausalLM
+    kwargs = {"trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.gguf_file:
+        kwargs["gguf_file"] = model_cfg.gguf_file
+    model = auto.from_pretrained(model_cfg.name, dtype=dtype, **kwargs)
+    return model, model_cfg, bool(record.get("encoder_decoder"))
+
+
+def load_for_inference(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedForInference:
+    """Load a trained model (full folder or adapter + base) and its tokenizer for generation."""
+    model_dir = resolve_model_dir(path)
+    record = read_run_record(model_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, _, encoder_decoder = load_base_from_record(record, dtype)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir)
+        encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ensure_pad_token(tokenizer)
+    model.eval()
+    return LoadedForInference(model, tokenizer, record, encoder_decoder)
+
+
+def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
+    """A dataset entry for `path` that applies the templates the run was trained with."""
+    data = record.get("data") or {}
+    return DatasetEntry(
+        path=path,
+        format=data.get("format", "input_output"),
+        fields=data.get("fields") or {},
+        input_format=data.get("input_format", "__input__"),
+        output_format=data.get("output_format", "__output__"),
+        max_input_tokens=data.get("max_input_tokens"),
+        max_output_tokens=data.get("max_output_tokens"),
+    )
+
+
+@torch.no_grad()
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    encoder_decoder: bool,
+    settings: GenerationSettings,
+    max_input_tokens: int | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Continuations of each example's prompt (the prompt itself excluded)."""
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    batches = range(0, len(examples), settings.batch_size)
+    for start in tqdm(batches, disable=not progress, desc="generate", unit="batch"):
+        chunk = examples[start : start + settings.batch_size]
+        prompts = [encode_prompt(tokenizer, ex, max_input_tokens)[0] for ex in chunk]
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.pad_token_id
+        # Decoder-only models continue from the last position, so prompts are padded on the left.
+        if encoder_decoder:
+            ids = [p + [pad] * (width - len(p)) for p in prompts]
+            mask = [[1] * len(p) + [0] * (width - len(p)) for p in prompts]
+        else:
+            ids = [[pad] * (width - len(p)) + p for p in prompts]
+            mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        generated = model.generate(
+            input_ids=torch.tensor(ids, device=device),
+            attention_mask=torch.tensor(mask, device=device),
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature if settings.do_sample else None,
+            top_k=settings.top_k if settings.do_sample else None,
+            top_p=settings.top_p if settings.do_sample else None,
+            num_beams=settings.num_beams,
+            repetition_penalty=settings.repetition_penalty,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        new_tokens = generated if encoder_decoder else generated[:, width:]
+        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return [o.strip() for o in outputs]
+
+
+def generate_file(
+    model_path: str | Path, input_path: str, output_path: str | Path, settings: GenerationSettings
+) -> int:
+    """Read records, generate, write them back with `generated_text`. Returns the record count."""
+    output_path = Path(output_path)
+    if output_path.exists():
+        raise UserError(f"{output_path} already exists", "choose another --output or delete it")
+    loaded = load_for_inference(model_path)
+    entry = entry_from_record(loaded.record, input_path)
+    records = read_records(input_path)
+    examples = [format_record(r, entry) for r in records]
+    texts = generate_texts(
+        loaded.model,
+        loaded.tokenizer,
+        examples,
+        loaded.encoder_decoder,
+        settings,
+        entry.max_input_tokens,
+    )
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(output_path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for record, text in zip(records, texts):
+            row = {k: v for k, v in record.items() if k != "_source"}
+            f.write(json.dumps({**row, "generated_text": text}, ensure_ascii=False) + "\n")
+    tmp.rename(output_path)
+    return len(records)

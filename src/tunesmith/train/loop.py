@@ -1,0 +1,289 @@
+"""The one training loop, for every method and every strategy.
+
+    tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
+
+Read top to bottom: build the strategy and method, check the recipe, load the model, apply the
+method, build data, let the strategy wrap the model and build the optimizer, then step. The loop
+never asks which method or strategy it runs; what differs sits behind their interfaces
+(methods/base.py, strategies/base.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tunesmith import compat
+from tunesmith.config import Config
+from tunesmith.data.loader import DataBundle, build_dataloaders
+from tunesmith.data.tokenize import IGNORE
+from tunesmith.errors import UserError
+from tunesmith.evaluate import validation_metrics
+from tunesmith.methods import METHODS
+from tunesmith.methods.base import StepContext, count_parameters, unwrap
+from tunesmith.models.load import is_encoder_decoder, load_config_of, load_model
+from tunesmith.strategies import STRATEGIES
+from tunesmith.tracking import Tracker
+from tunesmith.train.loss import token_loss
+from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.run_dir import (
+    format_summary,
+    peak_memory_bytes,
+    prepare_output_dir,
+    write_run_record,
+)
+
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step (and what a resume checkpoint restores)."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_grad_accum(cfg: Config, world: int) -> int:
+    """Micro-batches per optimizer step, from grad_accum or global_batch_size."""
+    t = cfg.train
+    if t.global_batch_size is not None:
+        per_step = t.batch_size * world
+        if t.global_batch_size % per_step:
+            raise UserError(
+                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                f"batch_size x processes = {t.batch_size} x {world}",
+                f"use a multiple of {per_step}",
+            )
+        derived = t.global_batch_size // per_step
+        if t.grad_accum is not None and t.grad_accum != derived:
+            raise UserError(
+                f"train.grad_accum={t.grad_accum} contradicts global_batch_size (needs {derived})",
+                "set only one of them",
+            )
+        return derived
+    return t.grad_accum or 1
+
+
+def target_tokens(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
+    """Tokens that carry a loss (counted on the host, before the batch moves to the device)."""
+    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != IGNORE).sum())
+
+
+def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune as `cfg` says. Returns the run summary (also written to summary.json)."""
+    method = METHODS[cfg.method.name](cfg.method)
+    strategy = STRATEGIES[cfg.strategy.name](cfg.strategy, cfg.train)
+    try:
+        return _run(cfg, method, strategy, overwrite)
+    finally:
+        strategy.close()
+
+
+def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, Any]:
+    hf_config = load_config_of(cfg.model)
+    encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
+    compat.check(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
+    out = prepare_output_dir(cfg, overwrite, strategy.is_main)
+    strategy.barrier()
+    seed_everything(cfg.seed)
+    tracker = Tracker(cfg, out, strategy.is_main)
+
+    with strategy.model_init_context():
+        loaded = load_model(cfg.model, cfg.train.precision, cfg.train.activation_checkpointing)
+    tokenizer = loaded.tokenizer
+    model = method.apply(loaded.model, tokenizer)
+    trainable, total = count_parameters(model)
+    tracker.info(
+        f"method {method.name}: training {trainable:,} of {total:,} parameters "
+        f"({100 * trainable / max(total, 1):.2f}%) on {strategy.world_size} process(es)"
+    )
+
+    data = build_dataloaders(cfg, tokenizer, strategy.rank, strategy.world_size, encoder_decoder)
+    for split, s in data.stats.items():
+        if s.examples:
+            tracker.info(
+                f"{split}: {s.examples} examples ({s.truncated} truncated, {s.dropped} dropped)"
+            )
+    accum = resolve_grad_accum(cfg, strategy.world_size)
+    steps_per_epoch = max(data.train.micro_batches_per_epoch // accum, 1)
+    total_steps = cfg.train.max_steps or max(math.ceil(cfg.train.num_epochs * steps_per_epoch), 1)
+    lr = cfg.train.lr if cfg.train.lr is not None else method.default_lr
+
+    def optimizer_for(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(
+            method.param_groups(unwrap(m), cfg.train.weight_decay), cfg.train, lr
+        )
+
+    model, optimizer = strategy.setup(model, optimizer_for)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps, steps_per_epoch)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    state = RunState()
+    model.train()
+
+    eval_batch = cfg.eval.batch_size or cfg.train.batch_size
+
+    def evaluate(step: int) -> None:
+        if not cfg.eval.run_validation:
+            return
+        metrics = validation_metrics(model, data, strategy, eval_batch, cfg.eval.max_batches)
+        if metrics:
+            if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
+                state.best_val_loss = metrics["val_loss"]
+            tracker.log_metrics(step, metrics)
+            tracker.info(
+                f"step {step}: val_loss {metrics['val_loss']:.4f} ppl {metrics['val_ppl']:.2f}"
+            )
+
+    if cfg.eval.eval_before_train:
+        evaluate(state.step)
+
+    ctx = StepContext(
+        step=0,
+        epoch=0,
+        steps_per_epoch=steps_per_epoch,
+        model=model,
+        optimizer=optimizer,
+        strategy=strategy,
+        sample_batches=lambda n: [
+            _to(b, strategy.device) for b in data.train.sample(n, cfg.seed + 7919 * (ctx.step + 1))
+        ],
+        loss_fn=token_loss,
+        log=tracker.info,
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        disable=not strategy.is_main,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    window_loss = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    window_targets = 0
+    window_tokens, window_start = 0, time.perf_counter()
+    train_seconds, last_loss = 0.0, None
+    while state.step < total_steps:
+        ctx.step, ctx.epoch, ctx.model = state.step, data.train.epoch, model
+        if method.on_step(ctx):
+            model = strategy.on_trainable_change(model, optimizer)
+        micro_batches = [data.train.next_batch() for _ in range(accum)]
+        local_targets = sum(target_tokens(b, encoder_decoder) for b in micro_batches)
+        window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+        # The loss is normalised by the target tokens of the whole step on every rank, so the
+        # gradient equals that of one big batch whatever the accumulation or world size.
+        global_targets = strategy.reduce_sum(
+            torch.tensor(float(local_targets), dtype=torch.float64, device=strategy.device)
+        ).clamp(min=1)
+        for i, batch in enumerate(micro_batches):
+            batch = _to(batch, strategy.device)
+            with strategy.micro_batch(is_last=i == accum - 1):
+                loss_sum, _ = token_loss(model, batch)
+                strategy.backward(loss_sum / global_targets.to(loss_sum.dtype))
+            window_loss += loss_sum.detach().double()
+        window_targets += local_targets
+        grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
+        scheduler.step()
+        state.step += 1
+        bar.update(1)
+
+        if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+            # The only host synchronisation of the step loop: once per logging interval.
+            loss_total = strategy.reduce_sum(window_loss)
+            targets_total = strategy.reduce_sum(
+                torch.tensor(float(window_targets), dtype=torch.float64, device=strategy.device)
+            )
+            elapsed = time.perf_counter() - window_start
+            train_seconds += elapsed
+            tokens = window_tokens * strategy.world_size
+            state.tokens_seen += tokens
+            last_loss = (loss_total / targets_total.clamp(min=1)).item()
+            row = {
+                "loss": last_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / max(elapsed, 1e-9),
+                "epoch": data.train.epoch,
+            }
+            tracker.log_metrics(state.step, row)
+            bar.set_postfix(
+                loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}"
+            )
+            window_loss.zero_()
+            window_targets = window_tokens = 0
+            window_start = time.perf_counter()
+        if (
+            cfg.eval.eval_every
+            and state.step % cfg.eval.eval_every == 0
+            and state.step < total_steps
+        ):
+            pause = time.perf_counter()
+            evaluate(state.step)
+            window_start += time.perf_counter() - pause  # evaluation is not training time
+    bar.close()
+    evaluate(state.step)
+
+    if cfg.checkpoint.save_model:
+        save_final(cfg, method, strategy, model, tokenizer, out / "final", data)
+    trainable, total = count_parameters(unwrap(model))
+    summary = {
+        "steps": state.step,
+        "train_seconds": train_seconds,
+        "tokens_per_s": state.tokens_seen / max(train_seconds, 1e-9),
+        "peak_memory_bytes": peak_memory_bytes(strategy.device),
+        "trainable_params": trainable,
+        "total_params": total,
+        "final_loss": last_loss,
+        "best_val_loss": state.best_val_loss,
+        "output_dir": str(out),
+        "world_size": strategy.world_size,
+    }
+    if strategy.is_main:
+        import json
+
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        tracker.info("run summary:\n" + format_summary(summary))
+    tracker.close()
+    return summary
+
+
+def save_final(
+    cfg: Config,
+    method: Any,
+    strategy: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    final_dir: Path,
+    data: DataBundle,
+) -> None:
+    """Write the method's natural final format into final/, atomically (tmp folder + rename)."""
+    state_dict = strategy.full_state(model)  # a collective on sharded strategies: every rank
+    if strategy.is_main:
+        tmp = final_dir.with_name(final_dir.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        unwrap(model).config.use_cache = True  # off for training only; generation wants it
+        method.save(unwrap(model), tokenizer, tmp, state_dict)
+        write_run_record(cfg, tmp, data.encoder_decoder)
+        tmp.rename(final_dir)
+    strategy.barrier()
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,68 @@
+"""Optimizers and learning-rate schedules, by name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tunesmith.config import TrainConfig
+from tunesmith.errors import UserError
+
+
+def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """torch AdamW; `foreach` keeps it fast on CPU and GPU alike."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+OPTIMIZERS: dict[
+    str, Callable[[list[dict[str, Any]], TrainConfig, float], torch.optim.Optimizer]
+] = {
+    "adamw": build_adamw,
+}
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], cfg: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names, over the method's parameter groups."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(
+            f"train.optimizer={cfg.optimizer!r} is not known",
+            f"choose one of {', '.join(sorted(OPTIMIZERS))}",
+        )
+    if not any(g["params"] for g in groups):
+        raise UserError("no trainable parameters", "check the method's options")
+    return OPTIMIZERS[cfg.optimizer](groups, cfg, lr)
+
+
+def lr_multiplier(
+    cfg: TrainConfig, total_steps: int, steps_per_epoch: int
+) -> Callable[[int], float]:
+    """Multiplier of the peak lr at each step: linear warmup, then the chosen decay."""
+    warmup = cfg.warmup_steps
+    floor = cfg.min_lr_ratio
+
+    def at(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "step":
+            return cfg.gamma ** (step // max(steps_per_epoch, 1))
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        if cfg.lr_schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return at
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(cfg, total_steps, steps_per_epoch)
+    )

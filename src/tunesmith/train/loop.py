@@ -83,6 +83,32 @@ def target_tokens(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
     return int((labels != IGNORE).sum())
 
 
+def forward_backward(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    strategy: Any,
+    encoder_decoder: bool,
+) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches; returns this rank's loss sum.
+
+    The loss is normalised by the target tokens of the whole step on every rank, so the gradient
+    equals that of one big batch whatever the accumulation or world size (a per-micro-batch mean
+    would weight short answers more than long ones).
+    """
+    local_targets = sum(target_tokens(b, encoder_decoder) for b in micro_batches)
+    global_targets = strategy.reduce_sum(
+        torch.tensor(float(local_targets), dtype=torch.float64, device=strategy.device)
+    ).clamp(min=1)
+    total = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    for i, batch in enumerate(micro_batches):
+        batch = _to(batch, strategy.device)
+        with strategy.micro_batch(is_last=i == len(micro_batches) - 1):
+            loss_sum, _ = token_loss(model, batch)
+            strategy.backward(loss_sum / global_targets.to(loss_sum.dtype))
+        total += loss_sum.detach().double()
+    return total
+
+
 def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says. Returns the run summary (also written to summary.json)."""
     method = METHODS[cfg.method.name](cfg.method)
@@ -181,20 +207,9 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
         if method.on_step(ctx):
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
-        local_targets = sum(target_tokens(b, encoder_decoder) for b in micro_batches)
         window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
-        # The loss is normalised by the target tokens of the whole step on every rank, so the
-        # gradient equals that of one big batch whatever the accumulation or world size.
-        global_targets = strategy.reduce_sum(
-            torch.tensor(float(local_targets), dtype=torch.float64, device=strategy.device)
-        ).clamp(min=1)
-        for i, batch in enumerate(micro_batches):
-            batch = _to(batch, strategy.device)
-            with strategy.micro_batch(is_last=i == accum - 1):
-                loss_sum, _ = token_loss(model, batch)
-                strategy.backward(loss_sum / global_targets.to(loss_sum.dtype))
-            window_loss += loss_sum.detach().double()
-        window_targets += local_targets
+        window_loss += forward_backward(model, micro_batches, strategy, encoder_decoder)
+        window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
         grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
         scheduler.step()
         state.step += 1

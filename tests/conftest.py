@@ -94,8 +94,9 @@ def run_overrides(
 @pytest.fixture
 def tokenizer():
     """The embedded 512-piece byte-level BPE tokenizer."""
-    from tunesmith.models.load import ensure_pad_token
     from transformers import AutoTokenizer
+
+    from tunesmith.models.load import ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     ensure_pad_token(tok)

@@ -16,11 +16,19 @@ from collections.abc import Callable
 from tunesmith.errors import EXIT_USER_ERROR, UserError
 
 
+def split_recipe(first: str | None, rest: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe path and the overrides; a run may be given by overrides alone."""
+    if first is not None and "=" in first:
+        return None, [first, *rest]
+    return first, rest
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.train.loop import train
 
-    cfg = load_config(args.config, args.overrides)
+    path, overrides = split_recipe(args.config, args.overrides)
+    cfg = load_config(path, overrides)
     train(cfg, overwrite=args.overwrite)
     return 0
 
@@ -51,7 +59,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     import yaml
 
-    print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
+    path, overrides = split_recipe(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(load_config(path, overrides)), sort_keys=False))
     return 0
 
 
@@ -60,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML recipe")
-    p.add_argument("config", help="recipe YAML (see configs/)")
+    p.add_argument("config", nargs="?", help="recipe YAML (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)

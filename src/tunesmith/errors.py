@@ -23,6 +23,9 @@ class UserError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message and hint on a single line, as the CLI prints it."""
         text = " ".join(self.message.split())

@@ -18,7 +18,7 @@ from tunesmith.methods.base import unwrap
 def token_loss(
     model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token losses, number of target tokens) of one batch, computed in fp32."""
+    """(sum of token losses, number of target tokens) of one batch, computed in fp32 or wider."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     inner = unwrap(model)
@@ -34,8 +34,10 @@ def token_loss(
         logits = logits[:, logits.shape[1] - labels.shape[1] :]
     if not encoder_decoder:
         logits, labels = logits[:, :-1], labels[:, 1:]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # cross-entropy over a large vocabulary needs fp32 accumulation
     loss_sum = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
+        logits.reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
         ignore_index=IGNORE,
         reduction="sum",

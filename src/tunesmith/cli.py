@@ -64,6 +64,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.data.preview import preview_text
+    from tunesmith.models.load import is_encoder_decoder, load_config_of, load_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    encoder_decoder = is_encoder_decoder(cfg.model, load_config_of(cfg.model))
+    print(preview_text(cfg, load_tokenizer(cfg.model), encoder_decoder, args.n))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print fields, types, defaults and help (all sections, or one: train, method.lora...)",
     )
     p.set_defaults(func=cmd_config)
+
+    data = sub.add_parser("data", help="inspect the data of a recipe").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("preview", help="formatted examples, lengths, truncation, packing")
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--n", type=int, default=5, help="examples to show")
+    p.set_defaults(func=cmd_data_preview)
     return parser
 
 

@@ -64,15 +64,25 @@ class DataConfig:
     )
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
+    preset: str | None = option(
+        None, "Named dataset setup for every entry: samsum, grammar, alpaca, dolly, english_quotes."
+    )
     format: str = option("input_output", "Record format: input_output, alpaca, chat, completion...")
     fields: dict = option({}, "Rename record fields, e.g. {input: dialogue, output: summary}.")
     input_format: str = option("__input__", "Prompt template; __input__ is replaced by the input.")
     output_format: str = option("__output__", "Answer template; __output__ is the output.")
+    template: str | None = option(
+        None, "Named prompt template of the alpaca format: stanford, plain."
+    )
+    system: str | None = option(None, "System message added to chat records that have none.")
     max_input_tokens: int | None = option(None, "Cut prompts to this many tokens.")
     max_output_tokens: int | None = option(None, "Cut answers to this many tokens (EOS included).")
     cutoff_len: int | None = option(None, "Cut prompt+answer to this many tokens.")
     overlong: Literal["truncate", "drop"] = option(
         "truncate", "What to do with examples longer than the limits."
+    )
+    truncation_side: Literal["right", "left"] = option(
+        "right", "Which end of an over-long input to cut: right keeps its start, left its end."
     )
     train_on_inputs: bool = option(False, "Also train on prompt tokens (default: answer only).")
     val_set_size: float = option(0, "Hold out this many (or this fraction of) training examples.")
@@ -81,6 +91,10 @@ class DataConfig:
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
     num_workers: int = option(0, "DataLoader worker processes.")
     proportion: float | None = option(None, "Default sampling proportion of each dataset entry.")
+    cache: bool = option(True, "Cache tokenised data on disk, keyed by data, tokenizer, settings.")
+    cache_dir: str | None = option(
+        None, "Folder of the tokenised-data cache; default $TUNESMITH_CACHE or ~/.cache/tunesmith."
+    )
 
 
 @dataclass

@@ -1,34 +1,62 @@
 """Tokenised examples -> batches for each rank, with an exact, resumable position.
 
-Order: each epoch is a permutation of the training examples drawn from `seed + epoch`. The global
-micro-batch k of an epoch takes permutation slots [(k*world + rank)*B, (k*world + rank + 1)*B) on
-each rank, so with the same global batch (batch_size x world x grad_accum) one process and many see
-the same examples in the same optimizer step. The position is two integers (epoch, micro-batch),
-so resume continues at the exact next example without replaying the loader.
+Order: each epoch is a sequence of training units (examples, or packed rows of examples) drawn
+from `seed + epoch` (by proportion when entries set one: data/mixing.py). The global micro-batch k
+of an epoch takes slots [(k*world + rank)*B, (k*world + rank + 1)*B) on each rank, so with the
+same global batch (batch_size x world x grad_accum) one process and many see the same examples in
+the same optimizer step. The position is two integers (epoch, micro-batch), so resume continues at
+the exact next example without replaying the loader.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunesmith.config import Config
-from tunesmith.data.formats import Example, format_record
-from tunesmith.data.sources import dataset_entries, read_records
-from tunesmith.data.tokenize import IGNORE, Encoded, Limits, encode
+from tunesmith.data.cache import cache_key, cached_splits, default_cache_dir, tokenizer_fingerprint
+from tunesmith.data.formats import Example, check_entry, format_record
+from tunesmith.data.mixing import mixture_order, normalised
+from tunesmith.data.packing import collate_packed, pack, padding_slots
+from tunesmith.data.plugins import load_plugins
+from tunesmith.data.sources import DatasetEntry, content_fingerprint, dataset_entries, read_entry
+from tunesmith.data.tokenize import IGNORE, Encoded, Limits, encode_many
 from tunesmith.errors import UserError
+
+GROUP_CHUNK = 64  # micro-batches sorted together by group_by_length (independent of world size)
 
 
 @dataclass
 class SplitStats:
+    """What a split holds and what was cut or dropped to get there (always reported)."""
+
     examples: int = 0
     truncated: int = 0
     dropped: int = 0
-    per_source: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)  # examples kept, per entry
+    per_epoch: dict[str, int] = field(default_factory=dict)  # examples per epoch (mixing)
+    rows: int = 0  # packed rows (train with packing)
+    packing_efficiency: float | None = None  # real tokens / (rows x max_seq_len)
+
+
+def describe_stats(split: str, s: SplitStats) -> str:
+    """One log line: examples, truncated, dropped, per entry and per epoch, packing."""
+    line = f"{split}: {s.examples} examples ({s.truncated} truncated, {s.dropped} dropped)"
+    if len(s.per_source) > 1:
+        line += "; per entry " + ", ".join(f"{k}: {v}" for k, v in s.per_source.items())
+    if s.per_epoch:
+        line += "; per epoch " + ", ".join(f"{k}: {v}" for k, v in s.per_epoch.items())
+    if s.packing_efficiency is not None:
+        line += f"; packed into {s.rows} rows, efficiency {100 * s.packing_efficiency:.1f}%"
+    return line
 
 
 def collate(
@@ -54,57 +82,115 @@ def collate(
     return batch
 
 
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding input tokens of a batch, padded (attention mask) or packed (positions)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int((~padding_slots(batch["position_ids"])).sum())
+
+
+Unit = Encoded | list[Encoded]  # an example, or a packed row of examples
+
+
 class TrainBatches:
     """Micro-batches of one rank, in the documented global order, resumable by position."""
 
     def __init__(
         self,
-        examples: list[Encoded],
+        units: list[Unit],
         batch_size: int,
         rank: int,
         world: int,
         seed: int,
         pad_id: int,
         encoder_decoder: bool,
+        proportions: list[float] | None = None,
+        entry_sizes: list[int] | None = None,
+        group_by_length: bool = False,
+        source_labels: list[str] | None = None,
     ) -> None:
-        self.examples = examples
+        self.units = units
+        self.examples = units  # the name earlier callers used
         self.batch_size = batch_size
         self.rank, self.world = rank, world
         self.seed = seed
         self.pad_id = pad_id
         self.encoder_decoder = encoder_decoder
-        self.micro_batches_per_epoch = len(examples) // (batch_size * world)
+        self.packed = bool(units) and isinstance(units[0], list)
+        self.proportions = proportions if not self.packed else None
+        self.entry_sizes = entry_sizes or [len(units)]
+        self.group_by_length = group_by_length and not self.packed
+        self.source_labels = source_labels or ["data"]
+        self.micro_batches_per_epoch = len(self._order_of(0)) // (batch_size * world)
         self.epoch = 0
         self.position = 0  # micro-batches of this epoch already taken
         self._order: list[int] | None = None
 
-    def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(len(self.examples)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+    def _order_of(self, epoch: int) -> list[int]:
+        if self.proportions is not None:
+            order = mixture_order(self.entry_sizes, self.proportions, self.seed, epoch)
+        else:
+            order = list(range(len(self.units)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        if self.group_by_length:
+            order = self._grouped(order, epoch)
         return order
+
+    def _grouped(self, order: list[int], epoch: int) -> list[int]:
+        """Sort chunks of the order by length into micro-batches, then shuffle those batches
+        within the chunk (so long batches do not all come first)."""
+        b, chunk = self.batch_size, self.batch_size * GROUP_CHUNK
+        rng = random.Random(f"{self.seed}/group/{epoch}")
+        out: list[int] = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: -len(self.units[i].input_ids))
+            blocks = [part[i : i + b] for i in range(0, len(part), b)]
+            full = [blk for blk in blocks if len(blk) == b]
+            rng.shuffle(full)
+            out += [i for blk in full + [blk for blk in blocks if len(blk) < b] for i in blk]
+        return out
+
+    def _collate(self, picked: list[Unit]) -> dict[str, torch.Tensor]:
+        if self.packed:
+            return collate_packed(picked, self.pad_id)  # type: ignore[arg-type]
+        return collate(picked, self.pad_id, self.encoder_decoder)  # type: ignore[arg-type]
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next micro-batch of this rank (moves to the next epoch when one ends)."""
         if self.position >= self.micro_batches_per_epoch:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
         if self._order is None:
-            self._order = self._permutation(self.epoch)
+            self._order = self._order_of(self.epoch)
         start = (self.position * self.world + self.rank) * self.batch_size
-        picked = [self.examples[i] for i in self._order[start : start + self.batch_size]]
+        picked = [self.units[i] for i in self._order[start : start + self.batch_size]]
         self.position += 1
-        return collate(picked, self.pad_id, self.encoder_decoder)
+        return self._collate(picked)
 
     def sample(self, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
         """`n` micro-batches drawn independently of the training position (same on every rank
         given the same seed, sharded like training)."""
-        order = list(range(len(self.examples)))
+        order = list(range(len(self.units)))
         random.Random(seed).shuffle(order)
         out = []
         for k in range(n):
             start = ((k * self.world + self.rank) * self.batch_size) % max(len(order), 1)
-            picked = [self.examples[i] for i in order[start : start + self.batch_size]]
-            out.append(collate(picked, self.pad_id, self.encoder_decoder))
+            picked = [self.units[i] for i in order[start : start + self.batch_size]]
+            out.append(self._collate(picked))
         return out
+
+    def used_counts(self) -> dict[str, int]:
+        """Examples of each dataset entry taken so far by all ranks together."""
+        counts: Counter[int] = Counter()
+        per_epoch = self.micro_batches_per_epoch * self.batch_size * self.world
+        for epoch in range(self.epoch + 1):
+            taken = (
+                per_epoch if epoch < self.epoch else self.position * self.batch_size * self.world
+            )
+            for i in self._order_of(epoch)[:taken]:
+                unit = self.units[i]
+                for example in unit if isinstance(unit, list) else [unit]:
+                    counts[example.source] += 1
+        return {label: counts[i] for i, label in enumerate(self.source_labels)}
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -121,6 +207,7 @@ class DataBundle:
     stats: dict[str, SplitStats]
     encoder_decoder: bool
     pad_id: int
+    from_cache: bool = False
 
     def eval_batches(
         self, batch_size: int, rank: int, world: int, max_batches: int | None = None
@@ -141,19 +228,37 @@ class DataBundle:
             yield collate(mine[start : start + batch_size], self.pad_id, self.encoder_decoder)
 
 
+# ---------------------------------------------------------------- reading and tokenising
+
+
 def load_examples(cfg: Config, split: str) -> list[Example]:
     """Formatted (not tokenised) examples of a split, across its dataset entries."""
-    examples = []
+    return [ex for _, examples in formatted_entries(cfg, split) for ex in examples]
+
+
+def formatted_entries(cfg: Config, split: str) -> list[tuple[DatasetEntry, list[Example]]]:
+    """Each dataset entry of `split` with its formatted examples."""
+    out = []
     for entry in dataset_entries(cfg.data, split):
-        for record in read_records(entry.path):
-            examples.append(format_record(record, entry))
-    return examples
+        check_entry(entry)
+        out.append((entry, [format_record(record, entry) for record in read_entry(entry)]))
+    return out
 
 
-def limits_of(cfg: Config) -> Limits:
+def limits_of(cfg: Config, entry: DatasetEntry | None = None) -> Limits:
+    """Length limits of an entry (the `data` section's when no entry is given)."""
     d = cfg.data
+    source = entry or d
+    cutoff = source.cutoff_len
+    if d.packing and d.max_seq_len:
+        cutoff = min(cutoff or d.max_seq_len, d.max_seq_len)  # an example must fit in a row
     return Limits(
-        d.max_input_tokens, d.max_output_tokens, d.cutoff_len, d.train_on_inputs, d.overlong
+        source.max_input_tokens,
+        source.max_output_tokens,
+        cutoff,
+        d.train_on_inputs,
+        source.overlong,
+        getattr(source, "truncation_side", "right"),
     )
 
 
@@ -163,62 +268,162 @@ def tokenize_examples(
     limits: Limits,
     encoder_decoder: bool,
     stats: SplitStats,
+    source: int = 0,
 ) -> list[Encoded]:
-    out = []
+    """Tokenise examples, counting truncated and dropped ones into `stats`."""
     for example in examples:
         if example.answer is None:
             raise UserError(f"{example.source}: no output to train on", "every record needs one")
-        encoded = encode(tokenizer, example, limits, encoder_decoder)
+    out = []
+    for encoded in encode_many(tokenizer, examples, limits, encoder_decoder):
         stats.truncated += bool(encoded is None or encoded.truncated)
         if encoded is None:
             stats.dropped += 1
             continue
+        encoded.source = source
         out.append(encoded)
-    stats.examples = len(out)
+    stats.examples += len(out)
+    stats.tokens += sum(len(e.input_ids) for e in out)
     return out
+
+
+def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict[str, Any]:
+    """Read, format and tokenise train and validation (holding out val_set_size if asked)."""
+    train = formatted_entries(cfg, "train")
+    validation = formatted_entries(cfg, "validation")
+    if not any(examples for _, examples in validation) and cfg.data.val_set_size:
+        tagged = [(i, ex) for i, (_, examples) in enumerate(train) for ex in examples]
+        size = cfg.data.val_set_size
+        n_val = int(size * len(tagged)) if size < 1 else int(size)
+        random.Random(cfg.seed).shuffle(tagged)
+        held, kept = tagged[:n_val], tagged[n_val:]
+        validation = [(train[0][0], [ex for _, ex in held])]
+        train = [(entry, [ex for i, ex in kept if i == k]) for k, (entry, _) in enumerate(train)]
+    out = {}
+    for split, groups in (("train", train), ("validation", validation)):
+        stats = SplitStats()
+        encoded: list[Encoded] = []
+        for k, (entry, examples) in enumerate(groups):
+            before = stats.examples
+            encoded += tokenize_examples(
+                examples, tokenizer, limits_of(cfg, entry), encoder_decoder, stats, k
+            )
+            stats.per_source[entry.label] = stats.per_source.get(entry.label, 0) + (
+                stats.examples - before
+            )
+        out[split] = (encoded, dataclasses.asdict(stats))
+    return out
+
+
+def _cache_folder(cfg: Config) -> Path | None:
+    if not cfg.data.cache:
+        return None
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+
+
+def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
+    entries = {}
+    for split in ("train", "validation"):
+        entries[split] = [
+            {**vars(e), "content": content_fingerprint(e)} for e in dataset_entries(cfg.data, split)
+        ]
+    d = cfg.data
+    return cache_key(
+        {
+            "entries": entries,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "limits": [d.train_on_inputs, d.packing and d.max_seq_len],
+            "encoder_decoder": encoder_decoder,
+            "val": [d.val_set_size, cfg.seed],
+        }
+    )
+
+
+def tokenized_splits(
+    cfg: Config, tokenizer: Any, encoder_decoder: bool
+) -> tuple[dict[str, tuple[list[Encoded], SplitStats]], bool]:
+    """Train and validation examples with their stats, from the cache when it has them."""
+    build = lambda: _tokenize_splits(cfg, tokenizer, encoder_decoder)  # noqa: E731
+    folder = _cache_folder(cfg)
+    key = _key(cfg, tokenizer, encoder_decoder) if folder is not None else ""
+    splits, hit = cached_splits(folder, key, build)
+    return {name: (ex, SplitStats(**stats)) for name, (ex, stats) in splits.items()}, hit
+
+
+def _check_packing(cfg: Config, encoder_decoder: bool) -> int:
+    d = cfg.data
+    if encoder_decoder:
+        raise UserError("data.packing is for decoder-only models", "set data.packing=false for T5")
+    if not d.max_seq_len:
+        raise UserError("data.packing needs data.max_seq_len", "e.g. data.max_seq_len=512")
+    return d.max_seq_len
 
 
 def build_dataloaders(
     cfg: Config, tokenizer: Any, rank: int, world: int, encoder_decoder: bool
 ) -> DataBundle:
-    """Read, format, tokenise and shard the data of a run.
+    """Read, format, tokenise (or read the cache), mix, pack and shard the data of a run.
 
     Raises:
-        UserError: no training data, an empty split, too few examples for one global batch.
+        UserError: no training data, bad records, an empty split, too few examples for one
+            global batch, packing without max_seq_len or on an encoder-decoder model.
     """
+    load_plugins(cfg.plugins)
     if cfg.data.train is None:
-        raise UserError("data.train is not set", "point it at a jsonl/json file or folder")
-    limits = limits_of(cfg)
-    stats = {"train": SplitStats(), "validation": SplitStats()}
-    train_examples = load_examples(cfg, "train")
-    val_examples = load_examples(cfg, "validation")
-    if not val_examples and cfg.data.val_set_size:
-        size = cfg.data.val_set_size
-        n_val = int(size * len(train_examples)) if size < 1 else int(size)
-        shuffled = list(train_examples)
-        random.Random(cfg.seed).shuffle(shuffled)
-        val_examples, train_examples = shuffled[:n_val], shuffled[n_val:]
-    train = tokenize_examples(train_examples, tokenizer, limits, encoder_decoder, stats["train"])
-    validation = tokenize_examples(
-        val_examples, tokenizer, limits, encoder_decoder, stats["validation"]
-    )
+        raise UserError("data.train is not set", "point it at a data file, folder or preset")
+    if cfg.data.packing:
+        max_seq_len = _check_packing(cfg, encoder_decoder)
+    splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder)
+    train, train_stats = splits["train"]
     if not train:
         raise UserError(f"data.train={cfg.data.train!r}: no training examples", "check the files")
+    entries = dataset_entries(cfg.data, "train")
+    labels = [e.label for e in entries]
+    sizes = [sum(1 for e in train if e.source == k) for k in range(len(entries))]
+    proportions = normalised([e.proportion for e in entries], labels)
+    units: list[Unit] = list(train)
+    if proportions is not None:
+        counts = Counter(train[i].source for i in mixture_order(sizes, proportions, cfg.seed, 0))
+        train_stats.per_epoch = {label: counts[k] for k, label in enumerate(labels)}
+    if cfg.data.packing:
+        pool = (
+            [train[i] for i in mixture_order(sizes, proportions, cfg.seed, 0)]
+            if proportions is not None
+            else train
+        )
+        rows = pack([len(e.input_ids) for e in pool], max_seq_len)
+        units = [[pool[i] for i in row] for row in rows]
+        train_stats.rows = len(rows)
+        real = sum(len(e.input_ids) for e in pool)
+        train_stats.packing_efficiency = real / max(len(rows) * max_seq_len, 1)
     pad_id = tokenizer.pad_token_id
     batches = TrainBatches(
-        train, cfg.train.batch_size, rank, world, cfg.seed, pad_id, encoder_decoder
+        units,
+        cfg.train.batch_size,
+        rank,
+        world,
+        cfg.seed,
+        pad_id,
+        encoder_decoder,
+        proportions=proportions,
+        entry_sizes=sizes,
+        group_by_length=cfg.data.group_by_length,
+        source_labels=labels,
     )
     if batches.micro_batches_per_epoch == 0:
+        what = "packed rows" if batches.packed else "examples"
         raise UserError(
-            f"data.train has {len(train)} examples, fewer than one micro-batch on every rank "
+            f"data.train has {len(units)} {what}, fewer than one micro-batch on every rank "
             f"({cfg.train.batch_size} x {world})",
             "lower train.batch_size or add data",
         )
+    validation, val_stats = splits["validation"]
     return DataBundle(
         train=batches,
         validation=validation,
         test_examples=load_examples(cfg, "test"),
-        stats=stats,
+        stats={"train": train_stats, "validation": val_stats},
         encoder_decoder=encoder_decoder,
         pad_id=pad_id,
+        from_cache=hit,
     )

@@ -3,7 +3,9 @@
 Prompt and answer are tokenised separately and concatenated, so the loss mask is exact by
 construction (it never depends on re-finding the prompt's tokens in the whole). EOS ends every
 answer and is trained. When a prompt is too long, the raw input inside the template is cut, not
-the template around it (a summarisation cue like "TL;DR:" at the end survives).
+the template around it (a summarisation cue like "Summary:" at the end survives); which end of
+the input goes is `truncation_side`. Chat examples are rendered with the tokenizer's chat
+template turn by turn; the assistant turns are the trained segments.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.data.formats import INPUT, Example
+from tunesmith.errors import UserError
 
 IGNORE = -100
 
@@ -23,6 +26,7 @@ class Limits:
     cutoff_len: int | None = None
     train_on_inputs: bool = False
     overlong: str = "truncate"
+    truncation_side: str = "right"
 
 
 @dataclass
@@ -30,17 +34,45 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # decoder-only: same length as input_ids; seq2seq: the target ids
     truncated: bool
+    source: int = 0  # index of the dataset entry it came from (mixing, per-entry counts)
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def _cut(ids: list[int], room: int, side: str) -> list[int]:
+    if room <= 0:
+        return []
+    return ids[-room:] if side == "left" else ids[:room]
+
+
 def encode_prompt(
-    tokenizer: Any, example: Example, max_tokens: int | None
+    tokenizer: Any,
+    example: Example,
+    max_tokens: int | None,
+    side: str = "right",
+    ids: list[int] | None = None,
 ) -> tuple[list[int], bool]:
-    """Prompt ids (with the tokenizer's leading special tokens), cut inside the input if needed."""
-    ids = _ids(tokenizer, example.prompt, special=True)
+    """Prompt ids (with the tokenizer's leading special tokens), cut inside the input if needed.
+
+    `ids` may pass the prompt already tokenised (batched encoding); chat examples are rendered up
+    to their last assistant turn with the generation prompt.
+    """
+    if example.messages is not None:
+        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+        text = render_chat(tokenizer, example.messages[:last], generation_prompt=True)
+        ids = _ids(tokenizer, text, special=False)
+        return (
+            (ids, False)
+            if max_tokens is None or len(ids) <= max_tokens
+            else (
+                _cut(ids, max_tokens, "left"),
+                True,
+            )
+        )
+    if ids is None:
+        ids = _ids(tokenizer, example.prompt, special=True)
     if max_tokens is None or len(ids) <= max_tokens:
         return ids, False
     before, _, after = example.input_format.partition(INPUT)
@@ -51,13 +83,15 @@ def encode_prompt(
     head = head[: len(head) - len(trailing)]
     body = _ids(tokenizer, example.input_text, special=False)
     room = max(max_tokens - len(head) - len(tail) - len(trailing), 0)
-    ids = (head + body[:room] + tail + trailing)[:max_tokens]
+    ids = (head + _cut(body, room, side) + tail + trailing)[:max_tokens]
     return ids, True
 
 
-def encode_answer(tokenizer: Any, answer: str, max_tokens: int | None) -> tuple[list[int], bool]:
+def encode_answer(
+    tokenizer: Any, answer: str, max_tokens: int | None, ids: list[int] | None = None
+) -> tuple[list[int], bool]:
     """Answer ids followed by EOS; when cut, EOS is kept as the last token."""
-    ids = _ids(tokenizer, answer, special=False)
+    ids = _ids(tokenizer, answer, special=False) if ids is None else ids
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     if max_tokens is not None and len(ids) > max_tokens:
@@ -66,15 +100,26 @@ def encode_answer(tokenizer: Any, answer: str, max_tokens: int | None) -> tuple[
 
 
 def encode(
-    tokenizer: Any, example: Example, limits: Limits, encoder_decoder: bool
+    tokenizer: Any,
+    example: Example,
+    limits: Limits,
+    encoder_decoder: bool,
+    prompt_ids: list[int] | None = None,
+    answer_ids: list[int] | None = None,
 ) -> Encoded | None:
     """Token ids and labels of one example; None when it is over-long and `overlong=drop`."""
-    prompt, cut_prompt = encode_prompt(tokenizer, example, limits.max_input_tokens)
-    answer, cut_answer = encode_answer(tokenizer, example.answer or "", limits.max_output_tokens)
+    if example.messages is not None:
+        return encode_chat(tokenizer, example, limits, encoder_decoder)
+    prompt, cut_prompt = encode_prompt(
+        tokenizer, example, limits.max_input_tokens, limits.truncation_side, prompt_ids
+    )
+    answer, cut_answer = encode_answer(
+        tokenizer, example.answer or "", limits.max_output_tokens, answer_ids
+    )
     truncated = cut_prompt or cut_answer
     if encoder_decoder:
         if limits.cutoff_len and len(prompt) > limits.cutoff_len:
-            prompt, truncated = prompt[: limits.cutoff_len], True
+            prompt, truncated = _cut(prompt, limits.cutoff_len, limits.truncation_side), True
     elif limits.cutoff_len and len(prompt) + len(answer) > limits.cutoff_len:
         truncated = True
         # Shrink the prompt first (down to half the budget), then the answer, keeping its EOS.
@@ -89,3 +134,84 @@ def encode(
         return Encoded(input_ids=prompt, labels=answer, truncated=truncated)
     prompt_labels = prompt if limits.train_on_inputs else [IGNORE] * len(prompt)
     return Encoded(input_ids=prompt + answer, labels=prompt_labels + answer, truncated=truncated)
+
+
+def encode_many(
+    tokenizer: Any, examples: list[Example], limits: Limits, encoder_decoder: bool
+) -> list[Encoded | None]:
+    """`encode` over many examples, with prompts and answers tokenised in two batched calls
+    (the fast tokenizer spreads a batch over its Rust threads)."""
+    plain = [i for i, ex in enumerate(examples) if ex.messages is None]
+    prompts = _batch_ids(tokenizer, [examples[i].prompt for i in plain], special=True)
+    answers = _batch_ids(tokenizer, [examples[i].answer or "" for i in plain], special=False)
+    by_index = {i: (p, a) for i, p, a in zip(plain, prompts, answers)}
+    out = []
+    for i, example in enumerate(examples):
+        p, a = by_index.get(i, (None, None))
+        out.append(encode(tokenizer, example, limits, encoder_decoder, p, a))
+    return out
+
+
+def _batch_ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+# ---------------------------------------------------------------- chat
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    """The tokenizer's chat template applied to `messages`, as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            "data.format=chat needs a tokenizer with a chat template; this one has none",
+            "use an instruct model's tokenizer, or the input_output format",
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def encode_chat(
+    tokenizer: Any, example: Example, limits: Limits, encoder_decoder: bool
+) -> Encoded | None:
+    """Render turn by turn; text added by an assistant turn is trained, the rest is context.
+
+    The segment of assistant turn k is render(turns[:k+1]) minus render(turns[:k], generation
+    prompt), so template tokens that open the turn stay untrained and those that close it (end of
+    turn) are trained. EOS follows the last assistant turn unless the template already put it there.
+    """
+    if encoder_decoder:
+        raise UserError("data.format=chat is for decoder-only models", "use input_output for T5")
+    messages = example.messages or []
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:k], generation_prompt=True)
+        after = render_chat(tokenizer, messages[: k + 1], generation_prompt=False)
+        if not (before.startswith(done) and after.startswith(before)):
+            raise UserError(
+                f"{example.source}: the chat template does not render turns as prefixes",
+                "use a chat template that appends each turn",
+            )
+        context = _ids(tokenizer, before[len(done) :], special=False)
+        turn = _ids(tokenizer, after[len(before) :], special=False)
+        ids += context + turn
+        labels += (context if limits.train_on_inputs else [IGNORE] * len(context)) + turn
+        done = after
+    eos = tokenizer.eos_token_id
+    if eos is not None and ids[-1:] != [eos]:
+        ids, labels = ids + [eos], labels + [eos]
+    truncated = False
+    if limits.cutoff_len and len(ids) > limits.cutoff_len:
+        truncated = True
+        ids, labels = ids[: limits.cutoff_len], labels[: limits.cutoff_len]
+        if labels[-1] != IGNORE and eos is not None:
+            ids[-1] = labels[-1] = eos
+    if truncated and limits.overlong == "drop":
+        return None
+    return Encoded(ids, labels, truncated)

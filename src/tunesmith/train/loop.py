@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tunesmith import compat
 from tunesmith.config import Config
-from tunesmith.data.loader import DataBundle, build_dataloaders
+from tunesmith.data.loader import DataBundle, build_dataloaders, describe_stats, real_tokens
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.evaluate import validation_metrics
@@ -141,9 +141,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
     data = build_dataloaders(cfg, tokenizer, strategy.rank, strategy.world_size, encoder_decoder)
     for split, s in data.stats.items():
         if s.examples:
-            tracker.info(
-                f"{split}: {s.examples} examples ({s.truncated} truncated, {s.dropped} dropped)"
-            )
+            tracker.info(describe_stats(split, s))
     accum = resolve_grad_accum(cfg, strategy.world_size)
     steps_per_epoch = max(data.train.micro_batches_per_epoch // accum, 1)
     total_steps = cfg.train.max_steps or max(math.ceil(cfg.train.num_epochs * steps_per_epoch), 1)
@@ -207,7 +205,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
         if method.on_step(ctx):
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
-        window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+        window_tokens += sum(real_tokens(b) for b in micro_batches)
         window_loss += forward_backward(model, micro_batches, strategy, encoder_decoder)
         window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
         grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
@@ -265,6 +263,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
         "best_val_loss": state.best_val_loss,
         "output_dir": str(out),
         "world_size": strategy.world_size,
+        "examples_used": data.train.used_counts(),
     }
     if strategy.is_main:
         import json

@@ -2,6 +2,7 @@
 
     tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
     tunesmith generate runs/a --input data.jsonl --output preds.jsonl --max-new-tokens 64
+    tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
     tunesmith config --explain train
 
 User mistakes print one line (`error: ...`) and exit with code 2.
@@ -48,6 +49,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     n = generate_file(args.model, args.input, args.output, settings)
     print(f"wrote {n} records to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunesmith.data.formats import format_record
+    from tunesmith.data.sources import read_records
+    from tunesmith.evaluate import task_metrics
+    from tunesmith.generate import (
+        GenerationSettings,
+        entry_from_record,
+        read_run_record,
+        resolve_model_dir,
+    )
+
+    model_dir = resolve_model_dir(args.model)
+    entry = entry_from_record(read_run_record(model_dir), args.data)
+    examples = [format_record(r, entry) for r in read_records(args.data)][: args.limit]
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, batch_size=args.batch_size
+    )
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    predictions = Path(args.predictions) if args.predictions else None
+    results = task_metrics(
+        model_dir, examples, names, settings, entry.max_input_tokens, predictions
+    )
+    if not results:
+        print("no examples with an output to score", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(
+            f"{key.ljust(width)}  {value:.4f}"
+            if isinstance(value, float)
+            else f"{key.ljust(width)}  {value}"
+        )
     return 0
 
 
@@ -98,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="score a trained model's generations (ROUGE, EM, F1)")
+    p.add_argument("model", help="run folder or model/adapter folder")
+    p.add_argument("--data", required=True, help="jsonl with the fields used in training")
+    p.add_argument("--metrics", default="rougeL", help="comma-separated: rouge1,rougeL,f1,...")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--predictions", help="also write prompts, references and generations here")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="explain config keys, or print a resolved recipe")
     p.add_argument("config", nargs="?", help="recipe YAML to resolve and print")

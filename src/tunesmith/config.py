@@ -136,8 +136,9 @@ class EvalConfig:
     eval_before_train: bool = option(True, "Evaluate once before the first step.")
     max_batches: int | None = option(None, "Cap the validation batches per evaluation.")
     metrics: list = option(
-        [], "Generation metrics on validation at the end: rougeL, exact_match..."
+        [], "Task metrics from generations after training (test split, else validation): rougeL..."
     )
+    metrics_examples: int | None = option(200, "Score at most this many examples (null: all).")
     max_new_tokens: int = option(64, "Tokens to generate for generation metrics.")
     num_beams: int = option(1, "Beams for generation metrics.")
 

@@ -1,14 +1,23 @@
-"""Validation: token-weighted loss and perplexity, reduced over ranks."""
+"""Evaluation: validation loss and perplexity during training; task metrics (ROUGE, exact
+match, F1) from generations of a saved model.
+
+    tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tunesmith.data.formats import Example
 from tunesmith.data.loader import DataBundle
+from tunesmith.generate import GenerationSettings, generate_texts, load_for_inference
+from tunesmith.metrics import score
 from tunesmith.train.loss import token_loss
 
 
@@ -35,3 +44,62 @@ def validation_metrics(
     model.train(was_training)
     loss = (totals[0] / totals[1].clamp(min=1)).item()
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
+def task_metrics(
+    model_dir: Path,
+    examples: list[Example],
+    names: list[str],
+    settings: GenerationSettings,
+    max_input_tokens: int | None = None,
+    predictions_path: Path | None = None,
+) -> dict[str, float]:
+    """Generate for `examples` with a saved model and score against their answers.
+
+    Runs on one process from the saved final/ folder, so it works the same after any strategy.
+    Examples without an answer are skipped. Returns {metric: mean in [0, 1]} plus `n_examples`.
+    """
+    scored = [ex for ex in examples if ex.answer is not None]
+    if not scored or not names:
+        return {}
+    loaded = load_for_inference(model_dir)
+    predictions = generate_texts(
+        loaded.model,
+        loaded.tokenizer,
+        scored,
+        loaded.encoder_decoder,
+        settings,
+        max_input_tokens,
+    )
+    references = [ex.answer.strip() for ex in scored]
+    results = score(names, predictions, references)
+    if predictions_path is not None:
+        with predictions_path.open("w", encoding="utf-8") as f:
+            for ex, pred in zip(scored, predictions):
+                row = {"prompt": ex.prompt, "reference": ex.answer, "generated_text": pred}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {**results, "n_examples": len(scored)}
+
+
+def metrics_after_training(
+    cfg: Any, final_dir: Path, test_examples: list[Example]
+) -> dict[str, float]:
+    """`eval.metrics` on the test split (or validation) with the run's final model, on rank 0."""
+    from tunesmith.data.loader import load_examples
+
+    examples = test_examples or load_examples(cfg, "validation")
+    if cfg.eval.metrics_examples is not None:
+        examples = examples[: cfg.eval.metrics_examples]
+    settings = GenerationSettings(
+        max_new_tokens=cfg.eval.max_new_tokens,
+        num_beams=cfg.eval.num_beams,
+        batch_size=cfg.eval.batch_size or cfg.train.batch_size,
+    )
+    return task_metrics(
+        final_dir,
+        examples,
+        list(cfg.eval.metrics),
+        settings,
+        cfg.data.max_input_tokens,
+        predictions_path=final_dir.parent / "predictions.jsonl",
+    )

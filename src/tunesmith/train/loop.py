@@ -25,7 +25,7 @@ from tunesmith.config import Config
 from tunesmith.data.loader import DataBundle, build_dataloaders, describe_stats, real_tokens
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
-from tunesmith.evaluate import validation_metrics
+from tunesmith.evaluate import metrics_after_training, validation_metrics
 from tunesmith.methods import METHODS
 from tunesmith.methods.base import StepContext, count_parameters, unwrap
 from tunesmith.models.load import is_encoder_decoder, load_config_of, load_model
@@ -249,8 +249,15 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
     bar.close()
     evaluate(state.step)
 
+    task_scores: dict[str, float] = {}
     if cfg.checkpoint.save_model:
         save_final(cfg, method, strategy, model, tokenizer, out / "final", data)
+        if cfg.eval.metrics and strategy.is_main:
+            task_scores = metrics_after_training(cfg, out / "final", data.test_examples)
+            tracker.log_metrics(state.step, task_scores)
+            tracker.info(
+                "task metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in task_scores.items())
+            )
     trainable, total = count_parameters(unwrap(model))
     summary = {
         "steps": state.step,
@@ -264,6 +271,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
         "output_dir": str(out),
         "world_size": strategy.world_size,
         "examples_used": data.train.used_counts(),
+        **task_scores,
     }
     if strategy.is_main:
         import json

@@ -188,7 +188,11 @@ def _split_members(tree: dict[str, DataFile], split: str) -> list[str] | None:
         in_folder = sorted(n for n in tree if n.split("/")[0] == alias and "/" in n)
         if in_folder:
             return in_folder
-        as_file = sorted(n for n in tree if "/" not in n and n.rsplit(".", 1)[0] == alias)
+        as_file = sorted(
+            n
+            for n in tree
+            if "/" not in n and n.rsplit(".", 1)[0] == alias and n.lower().endswith(DATA_SUFFIXES)
+        )
         if as_file:
             return as_file
     return None
@@ -231,8 +235,15 @@ def split_files(path: str, split: str | None = "train") -> list[DataFile]:
         files = [_disk_file(candidate)] if candidate.is_file() else []
     files = _pair_line_aligned(files)
     if not files:
+        import difflib
+
+        from tunesmith.data.presets import PRESETS
+
+        close = difflib.get_close_matches(path, PRESETS, n=1) if "/" not in path else []
+        hint = f"did you mean the preset {close[0]!r}?" if close else None
         raise UserError(
-            f"{path}: no data files found", "give a jsonl/json/csv/parquet/txt file, folder or zip"
+            f"{path}: no data files found",
+            hint or "give a jsonl/json/csv/parquet/txt file, folder, zip or preset name",
         )
     return files
 

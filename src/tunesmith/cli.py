@@ -3,6 +3,7 @@
     tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
     tunesmith generate runs/a --input data.jsonl --output preds.jsonl --max-new-tokens 64
     tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
+    tunesmith plan configs/quickstart.yaml --compare --device a100-80gb
     tunesmith config --explain train
 
 User mistakes print one line (`error: ...`) and exit with code 2.
@@ -30,8 +31,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     path, overrides = split_recipe(args.config, args.overrides)
     cfg = load_config(path, overrides)
-    train(cfg, overwrite=args.overwrite)
-    return 0
+    summary = train(cfg, overwrite=args.overwrite)
+    return summary.get("exit_code", 0)  # 128 + signal after a SIGTERM/SIGINT checkpoint
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -86,6 +87,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if isinstance(value, float)
             else f"{key.ljust(width)}  {value}"
         )
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.estimate.memory import DEVICES, compare_methods, format_plans
+    from tunesmith.methods import METHODS
+
+    path, overrides = split_recipe(args.config, args.overrides)
+    cfg = load_config(path, overrides)
+    if args.device not in DEVICES:
+        raise UserError(f"unknown --device {args.device!r}", f"choose one of {', '.join(DEVICES)}")
+    seq_len = args.seq_len or cfg.data.max_seq_len or cfg.data.cutoff_len or 512
+    names = list(METHODS) if args.compare else [cfg.method.name]
+    plans = compare_methods(cfg, names, device=args.device, world=args.gpus, seq_len=seq_len)
+    print(
+        f"plan: {cfg.model.name or cfg.model.config.get('model_type')} on {args.gpus} x "
+        f"{args.device}, strategy {cfg.strategy.name}, precision {cfg.train.precision}, "
+        f"batch {cfg.train.batch_size} x {seq_len} tokens per device"
+    )
+    print(format_plans(plans, names))
+    print(
+        "Estimates from first principles (docs/planning.md); allow 10-20% for allocator and "
+        "framework buffers. 'fits' keeps 15% headroom."
+    )
     return 0
 
 
@@ -147,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--predictions", help="also write prompts, references and generations here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plan", help="memory and FLOPs per device before launching")
+    p.add_argument("config", nargs="?", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--device", default="cpu", help="cpu, a100-80gb, h100-80gb, l4-24gb, ...")
+    p.add_argument("--gpus", type=int, default=1, help="processes / devices in total")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per example (padded)")
+    p.add_argument("--compare", action="store_true", help="every registered method side by side")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("config", help="explain config keys, or print a resolved recipe")
     p.add_argument("config", nargs="?", help="recipe YAML to resolve and print")

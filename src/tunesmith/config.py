@@ -146,8 +146,14 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     save_every: int = option(0, "Write a resume checkpoint every N steps (0: never).")
-    keep_last: int = option(2, "Keep the newest N periodic checkpoints (plus the best).")
-    best_metric: str | None = option("val_loss", "Also keep the checkpoint best on this metric.")
+    keep_last: int = option(
+        2, "Keep the newest N checkpoints (plus the best and `latest`); 0 keeps all."
+    )
+    best_metric: str | None = option(
+        "val_loss",
+        "Also keep the checkpoint best on this validation metric (measured at its own step).",
+    )
+    best_mode: Literal["min", "max"] = option("min", "Whether lower or higher best_metric wins.")
     save_model: bool = option(True, "Write the trained model (or adapter) to <output_dir>/final.")
     save_optimizer: bool = option(True, "Include optimizer state in resume checkpoints.")
 
@@ -175,7 +181,11 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str | None = option(None, "Run folder; default runs/<date-time>.")
     seed: int = option(42, "Seed for init, data order and dropout.")
-    resume: str | None = option(None, "Resume from a checkpoint folder, or `auto` for the newest.")
+    resume: str | None = option(
+        None,
+        "Continue a run: `auto` (newest valid checkpoint in output_dir; fresh start if none), "
+        "a checkpoints/step-N folder, or a run folder.",
+    )
     plugins: list = option([], "Python files that register extra data formats or metrics.")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -63,7 +63,10 @@ class Strategy(Protocol):
         """Backward of a normalised loss (see the module docstring), with loss scaling."""
 
     def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> torch.Tensor:
-        """Unscale, clip, step, zero grads. Returns the pre-clip global gradient norm (a tensor)."""
+        """Unscale, clip, step, zero grads. Returns the pre-clip global gradient norm (a tensor).
+
+        When the norm is not finite the update is skipped (gradients zeroed, weights and
+        optimizer state untouched) on every rank; the loop counts such steps."""
 
     def on_trainable_change(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         """The trainable set changed (Green Trainer): rebuild what the wrapper needs, keeping the
@@ -85,14 +88,25 @@ class Strategy(Protocol):
         """The full (unsharded) state dict of the user's model, on CPU, on rank 0 (empty elsewhere)."""
 
     def save_resume(
-        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+        self,
+        directory: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        names: Collection[str] | None = None,
     ) -> None:
-        """Write model + optimizer state for exact resume (every rank calls)."""
+        """Write model + optimizer state for exact resume into `directory` (every rank calls).
+
+        `directory` exists (a temporary folder that tunesmith/checkpoint.py checksums and renames
+        once every rank returns). `names`: the model state-dict entries to keep (the method's
+        choice, `checkpoint.resume_state_names`; None = all). `optimizer` is None when
+        `checkpoint.save_optimizer` is off. Weights go in safetensors; replicated strategies call
+        `checkpoint.save_replicated`. Refuse (EmptyStateError) to write ungathered weights."""
 
     def load_resume(
-        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None
     ) -> None:
-        """Restore what `save_resume` wrote (every rank calls)."""
+        """Restore what `save_resume` wrote (every rank calls), also at another world size when
+        the format is sharded (log what changed). Pickles only via `weights_only=True`."""
 
     def close(self) -> None:
         """Tear down the process group, if this strategy made one."""

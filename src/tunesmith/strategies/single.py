@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunesmith.checkpoint import load_replicated, save_replicated
 from tunesmith.config import option
 from tunesmith.methods.base import Capabilities
 from tunesmith.strategies.base import OptimizerFactory, autocast_context, default_device
@@ -86,14 +88,18 @@ class Single:
         return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
     def save_resume(
-        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+        self,
+        directory: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        names: Collection[str] | None = None,
     ) -> None:
-        raise NotImplementedError("resume checkpoints arrive with the checkpoint module")
+        save_replicated(directory, model, optimizer, names, write=True)
 
     def load_resume(
-        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+        self, directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None
     ) -> None:
-        raise NotImplementedError("resume checkpoints arrive with the checkpoint module")
+        load_replicated(directory, model, optimizer)
 
     def close(self) -> None:
         pass
@@ -107,7 +113,7 @@ def clip_and_step(
     """Unscale (fp16), clip, step and zero the gradients; returns the pre-clip gradient norm.
 
     Shared by the strategies whose gradients are plain local tensors after backward (single, DDP).
-    The norm stays a device tensor so no host synchronisation happens here.
+    A non-finite norm skips the update (see `Strategy.step`); the norm is returned as a tensor.
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -122,6 +128,11 @@ def clip_and_step(
             if params
             else torch.zeros(())
         )
+    if scaler is None and not torch.isfinite(norm):
+        # One host sync per step, worth it: a NaN/inf update would poison the weights and the
+        # optimizer moments for good. (fp16's GradScaler skips such steps by itself.)
+        optimizer.zero_grad(set_to_none=True)
+        return norm
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

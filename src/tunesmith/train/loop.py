@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from tunesmith import compat
+from tunesmith.checkpoint import check_saved_weights, ensure_not_empty, publish
 from tunesmith.config import Config
 from tunesmith.data.loader import DataBundle, build_dataloaders, describe_stats, real_tokens
 from tunesmith.data.tokenize import IGNORE
@@ -33,6 +34,7 @@ from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
 from tunesmith.train.loss import token_loss
 from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.resume import Checkpointer, StopSignals, die_here_for_tests
 from tunesmith.train.run_dir import (
     format_summary,
     peak_memory_bytes,
@@ -47,7 +49,10 @@ class RunState:
 
     step: int = 0
     tokens_seen: int = 0
+    train_seconds: float = 0.0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm
     best_val_loss: float | None = None
+    last_eval: dict[str, Any] = field(default_factory=dict)  # {"step": ..., metric: value}
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -113,13 +118,17 @@ def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says. Returns the run summary (also written to summary.json)."""
     method = METHODS[cfg.method.name](cfg.method)
     strategy = STRATEGIES[cfg.strategy.name](cfg.strategy, cfg.train)
+    stop = StopSignals()  # SIGTERM/SIGINT: checkpoint at the next step boundary, then exit
     try:
-        return _run(cfg, method, strategy, overwrite)
+        return _run(cfg, method, strategy, overwrite, stop)
     finally:
+        stop.restore()
         strategy.close()
 
 
-def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, Any]:
+def _run(
+    cfg: Config, method: Any, strategy: Any, overwrite: bool, stop: StopSignals
+) -> dict[str, Any]:
     hf_config = load_config_of(cfg.model)
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
     compat.check(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
@@ -154,9 +163,14 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
 
     model, optimizer = strategy.setup(model, optimizer_for)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps, steps_per_epoch)
+    state = RunState()
+    checkpoints = Checkpointer(
+        cfg, out, method, strategy, optimizer, scheduler, data.train, state, tracker.info
+    )
+    # Weights, optimizer, schedule, data position and RNG: after everything that draws randoms.
+    resumed_from = checkpoints.resume(model)
     if cfg.train.compile:
         model = torch.compile(model)
-    state = RunState()
     model.train()
 
     eval_batch = cfg.eval.batch_size or cfg.train.batch_size
@@ -166,6 +180,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
             return
         metrics = validation_metrics(model, data, strategy, eval_batch, cfg.eval.max_batches)
         if metrics:
+            state.last_eval = {"step": step, **metrics}
             if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
                 state.best_val_loss = metrics["val_loss"]
             tracker.log_metrics(step, metrics)
@@ -173,7 +188,7 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
                 f"step {step}: val_loss {metrics['val_loss']:.4f} ppl {metrics['val_ppl']:.2f}"
             )
 
-    if cfg.eval.eval_before_train:
+    if cfg.eval.eval_before_train and resumed_from is None:
         evaluate(state.step)
 
     ctx = StepContext(
@@ -199,28 +214,45 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
     window_loss = torch.zeros((), dtype=torch.float64, device=strategy.device)
     window_targets = 0
     window_tokens, window_start = 0, time.perf_counter()
-    train_seconds, last_loss = 0.0, None
+    last_loss, bad_in_a_row, stopped = None, 0, False
     while state.step < total_steps:
         ctx.step, ctx.epoch, ctx.model = state.step, data.train.epoch, model
         if method.on_step(ctx):
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
+        # Every rank votes on stopping; issued now, read after the step, so it never stalls.
+        stop_votes = strategy.reduce_sum(
+            torch.tensor(stop.flag, dtype=torch.float64, device=strategy.device)
+        )
         window_tokens += sum(real_tokens(b) for b in micro_batches)
-        window_loss += forward_backward(model, micro_batches, strategy, encoder_decoder)
-        window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
+        step_loss = forward_backward(model, micro_batches, strategy, encoder_decoder)
         grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
         scheduler.step()
         state.step += 1
         bar.update(1)
+        # The step's one host synchronisation. A non-finite loss makes the global gradient norm
+        # non-finite too, and the strategy has then skipped the update on every rank.
+        if torch.isfinite(grad_norm):
+            window_loss += step_loss
+            window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
+            bad_in_a_row = 0
+        else:
+            state.skipped_steps += 1
+            bad_in_a_row += 1
+            tracker.info(
+                f"step {state.step}: non-finite loss or gradient norm; update skipped "
+                f"({bad_in_a_row} in a row, {state.skipped_steps} in all)"
+            )
+            if bad_in_a_row > cfg.train.max_bad_steps:
+                raise checkpoints.diverged(bad_in_a_row, state.step)
 
         if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-            # The only host synchronisation of the step loop: once per logging interval.
             loss_total = strategy.reduce_sum(window_loss)
             targets_total = strategy.reduce_sum(
                 torch.tensor(float(window_targets), dtype=torch.float64, device=strategy.device)
             )
             elapsed = time.perf_counter() - window_start
-            train_seconds += elapsed
+            state.train_seconds += elapsed
             tokens = window_tokens * strategy.world_size
             state.tokens_seen += tokens
             last_loss = (loss_total / targets_total.clamp(min=1)).item()
@@ -246,8 +278,26 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
             pause = time.perf_counter()
             evaluate(state.step)
             window_start += time.perf_counter() - pause  # evaluation is not training time
+        # Only checkpoints of good steps: after a skipped update the last good one is kept.
+        if checkpoints.due(state.step) and state.step < total_steps and not bad_in_a_row:
+            pause = time.perf_counter()
+            checkpoints.save(state.step, model)
+            window_start += time.perf_counter() - pause
+        die_here_for_tests("step", state.step, strategy.rank)
+        if stop_votes.item() > 0 and state.step < total_steps:
+            if checkpoints.saved_step != state.step:
+                checkpoints.save(state.step, model)
+            stopped = True
+            break
     bar.close()
+    if stopped:
+        tracker.info(checkpoints.stop_message(stop.received))
+        tracker.close()
+        signum = stop.received or 15  # SIGTERM's number when only another rank got a signal
+        return {"steps": state.step, "stopped_by_signal": signum, "exit_code": 128 + signum}
     evaluate(state.step)
+    if cfg.checkpoint.save_every and checkpoints.saved_step != state.step:
+        checkpoints.save(state.step, model)
 
     task_scores: dict[str, float] = {}
     if cfg.checkpoint.save_model:
@@ -261,8 +311,8 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
     trainable, total = count_parameters(unwrap(model))
     summary = {
         "steps": state.step,
-        "train_seconds": train_seconds,
-        "tokens_per_s": state.tokens_seen / max(train_seconds, 1e-9),
+        "train_seconds": state.train_seconds,
+        "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
         "peak_memory_bytes": peak_memory_bytes(strategy.device),
         "trainable_params": trainable,
         "total_params": total,
@@ -270,6 +320,8 @@ def _run(cfg: Config, method: Any, strategy: Any, overwrite: bool) -> dict[str, 
         "best_val_loss": state.best_val_loss,
         "output_dir": str(out),
         "world_size": strategy.world_size,
+        "resumed_from_step": resumed_from,
+        "skipped_steps": state.skipped_steps,
         "examples_used": data.train.used_counts(),
         **task_scores,
     }
@@ -291,9 +343,14 @@ def save_final(
     final_dir: Path,
     data: DataBundle,
 ) -> None:
-    """Write the method's natural final format into final/, atomically (tmp folder + rename)."""
+    """Write the method's natural final format into final/, atomically (tmp folder + rename).
+
+    A resumed run replaces the final/ of its earlier attempt. Weights that would be written
+    empty (parameters a sharded engine did not gather) raise EmptyStateError instead.
+    """
     state_dict = strategy.full_state(model)  # a collective on sharded strategies: every rank
     if strategy.is_main:
+        ensure_not_empty(state_dict, "the final model")
         tmp = final_dir.with_name(final_dir.name + ".tmp")
         if tmp.exists():
             import shutil
@@ -302,8 +359,9 @@ def save_final(
         tmp.mkdir(parents=True)
         unwrap(model).config.use_cache = True  # off for training only; generation wants it
         method.save(unwrap(model), tokenizer, tmp, state_dict)
+        check_saved_weights(tmp)
         write_run_record(cfg, tmp, data.encoder_decoder)
-        tmp.rename(final_dir)
+        publish(tmp, final_dir)
     strategy.barrier()
 
 

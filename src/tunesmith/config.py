@@ -461,7 +461,7 @@ def explain(section: str | None = None) -> str:
     for title, cls in blocks:
         out.append(f"{title}:")
         for f in dataclasses.fields(cls):
-            if f.name == "name":
+            if f.name == "name" and "(name:" in title:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = _type_name(typing.get_type_hints(cls)[f.name])
@@ -480,3 +480,43 @@ def _type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def markdown_reference() -> str:
+    """Every section's keys as markdown tables (docs/config_reference.md is this output)."""
+    registries = _union_registries()
+    blocks: list[tuple[str, type]] = [(name, cls) for name, cls in SECTIONS.items()]
+    for union in ("method", "strategy"):
+        blocks += [
+            (f"{union} (name: {tag})", impl.Options) for tag, impl in registries[union].items()
+        ]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the code by `python -m tunesmith.config --markdown`; do not edit by hand.",
+        "",
+        "## top level",
+        "",
+        "| key | default | meaning |",
+        "|---|---|---|",
+    ]
+    for f in dataclasses.fields(Config):
+        if f.name in TOP_LEVEL:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append(f"| `{f.name}` | `{default!r}` | {f.metadata.get('help', '')} |")
+    for title, cls in blocks:
+        out += ["", f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "name" and "(name:" in title:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = _type_name(hints[f.name]).replace("|", "\\|")
+            out.append(f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown_reference() if "--markdown" in sys.argv else explain(None), end="")

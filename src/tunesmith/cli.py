@@ -5,6 +5,8 @@
     tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
     tunesmith plan configs/quickstart.yaml --compare --device a100-80gb
     tunesmith config --explain train
+    tunesmith train cfg.yaml strategy.name=ddp --nproc-per-node 2
+    tunesmith slurm cfg.yaml --nodes 2 --gpus-per-node 8 --partition gpu -o job.sbatch
 
 User mistakes print one line (`error: ...`) and exit with code 2.
 """
@@ -15,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from tunesmith import launch
 from tunesmith.errors import EXIT_USER_ERROR, UserError
 
 
@@ -30,7 +33,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tunesmith.train.loop import train
 
     path, overrides = split_recipe(args.config, args.overrides)
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides)  # recipe errors show before any process starts
+    if launch.wants_relaunch(args):
+        return launch.relaunch(args, args.argv)
     summary = train(cfg, overwrite=args.overwrite)
     return summary.get("exit_code", 0)  # 128 + signal after a SIGTERM/SIGINT checkpoint
 
@@ -147,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="recipe YAML (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    launch.add_launch_flags(p)
     p.set_defaults(func=cmd_train)
+    launch.add_cluster_commands(sub)
 
     p = sub.add_parser("generate", help="generate for a jsonl of inputs with a trained model")
     p.add_argument("model", help="run folder or model/adapter folder")
@@ -210,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the torchrun re-exec
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

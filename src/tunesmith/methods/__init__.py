@@ -7,6 +7,7 @@ the shared contract tests (tests/integration/test_methods_contract.py).
 
 from tunesmith.methods.freeze import Freeze
 from tunesmith.methods.full import Full
+from tunesmith.methods.green import Green
 from tunesmith.methods.ia3 import Ia3
 from tunesmith.methods.llama_adapter import LlamaAdapter
 from tunesmith.methods.lora import Lora
@@ -21,4 +22,5 @@ METHODS: dict[str, type] = {
     "prompt": Prompt,
     "llama_adapter": LlamaAdapter,
     "ia3": Ia3,
+    "green": Green,
 }

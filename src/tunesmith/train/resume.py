@@ -259,6 +259,7 @@ class Checkpointer:
         """
         if self.cfg.resume is None:
             return None
+        started = time.perf_counter()
         directory = self._agree_on_checkpoint()
         if directory is None:
             self.log(f"resume=auto: no checkpoint in {self.root}; starting from step 0")
@@ -306,7 +307,7 @@ class Checkpointer:
         self.saved_step, self.last_saved = manifest["step"], directory
         self.log(
             f"resumed from {directory} at step {manifest['step']} (epoch {position['epoch']}, "
-            f"micro-batch {position['position']} of it)"
+            f"micro-batch {position['position']} of it) in {time.perf_counter() - started:.1f} s"
         )
         return int(manifest["step"])
 

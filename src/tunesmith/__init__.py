@@ -2,24 +2,29 @@
 
 Public API:
     load_config(path, overrides) -> Config
-    train(cfg) -> summary dict
-    generate_file(model_dir, input_jsonl, output_jsonl, settings)
+    train(cfg, overwrite=False) -> summary dict
+    generate_file(model_dir, input_jsonl, output_jsonl, settings) -> number of records
 """
 
+# The subpackage `tunesmith.train` is imported first so that the function below, not the
+# subpackage, is what `tunesmith.train` names (importing a submodule later does not rebind it).
+import tunesmith.train as _train_package  # noqa: F401
 from tunesmith.config import load_config
 
 __version__ = "0.1.0"
 __all__ = ["load_config", "train", "generate_file", "__version__"]
 
 
-def __getattr__(name: str):
-    # Heavy modules (torch, transformers) load on first use, so `import tunesmith` stays cheap.
-    if name == "train":
-        from tunesmith.train.loop import train
+def train(cfg, overwrite: bool = False):
+    """Fine-tune as `cfg` says; returns the run summary. See tunesmith.train.loop.train."""
+    from tunesmith.train.loop import train as run
 
-        return train
-    if name == "generate_file":
-        from tunesmith.generate import generate_file
+    return run(cfg, overwrite=overwrite)
 
-        return generate_file
-    raise AttributeError(name)
+
+def generate_file(model_dir, input_path, output_path, settings=None):
+    """Generate for every record of a jsonl file; see tunesmith.generate.generate_file."""
+    from tunesmith.generate import GenerationSettings
+    from tunesmith.generate import generate_file as run
+
+    return run(model_dir, input_path, output_path, settings or GenerationSettings())

@@ -150,6 +150,9 @@ def load_model(
         # Non-reentrant checkpoints do not need inputs that require grad, so backward still stops
         # at the earliest trainable tensor (Green Trainer, frozen lower layers).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 also makes the embeddings' output require grad (a need of reentrant
+        # checkpoints only), which would force backward down to the embeddings: undo it.
+        model.disable_input_require_grads()
     return LoadedModel(model=model, tokenizer=tokenizer, is_encoder_decoder=seq2seq)
 
 

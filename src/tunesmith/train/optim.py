@@ -17,10 +17,38 @@ def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, lr: float) -> to
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+def build_adamw_8bit(
+    groups: list[dict[str, Any]], cfg: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
+    """bitsandbytes' 8-bit AdamW: block-quantized moments, 2 bytes of state per parameter."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError(
+            "train.optimizer=adamw_8bit needs bitsandbytes", "pip install 'tunesmith[quant]'"
+        ) from None
+    return bnb.optim.AdamW8bit(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def build_bf16_adamw(rounding: str) -> Callable[..., torch.optim.Optimizer]:
+    """AdamW whose updates survive bf16 weights (train/bf16_adamw.py), by rounding remedy."""
+
+    def build(groups: list[dict[str, Any]], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+        from tunesmith.train.bf16_adamw import BF16AdamW
+
+        return BF16AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, rounding=rounding)
+
+    return build
+
+
 OPTIMIZERS: dict[
     str, Callable[[list[dict[str, Any]], TrainConfig, float], torch.optim.Optimizer]
 ] = {
     "adamw": build_adamw,
+    "adamw_8bit": build_adamw_8bit,
+    "adamw_kahan": build_bf16_adamw("kahan"),
+    "anyprecision": build_bf16_adamw("kahan"),  # seed 002's name for the same remedy
+    "adamw_stochastic": build_bf16_adamw("stochastic"),
 }
 
 

@@ -53,8 +53,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         batch_size=args.batch_size,
     )
-    n = generate_file(args.model, args.input, args.output, settings)
+    adapters = dict(parse_named_path(item) for item in args.adapter or [])
+    n = generate_file(args.model, args.input, args.output, settings, adapters, args.use)
     print(f"wrote {n} records to {args.output}", file=sys.stderr)
+    return 0
+
+
+def parse_named_path(item: str) -> tuple[str, str]:
+    """`NAME=PATH` of --adapter."""
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+        raise UserError(f"--adapter {item!r} is not NAME=PATH", "write e.g. --adapter sql=runs/sql")
+    return name, path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunesmith.export import export
+
+    out = export(args.source, args.out, merge=args.merge, dtype=args.dtype)
+    print(f"exported {args.source} to {out}", file=sys.stderr)
     return 0
 
 
@@ -168,7 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=PATH",
+        help="load another adapter onto the same base (repeatable); pick one with --use",
+    )
+    p.add_argument("--use", metavar="NAME", help="the adapter that generates (default: MODEL's)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a run's model as a standard HF or PEFT folder")
+    p.add_argument("source", help="run folder, its final/, or a checkpoint folder")
+    p.add_argument("--out", required=True, help="new folder to write (must not exist or be empty)")
+    p.add_argument(
+        "--merge", action="store_true", help="fold a LoRA/IA3 adapter into the base weights"
+    )
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast the weights")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a trained model's generations (ROUGE, EM, F1)")
     p.add_argument("model", help="run folder or model/adapter folder")

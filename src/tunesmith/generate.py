@@ -63,9 +63,20 @@ def read_run_record(model_dir: Path) -> dict[str, Any]:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def load_base_from_record(record: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, bool]:
-    """Rebuild the base model a run started from (hub id, folder or GGUF file)."""
+def load_base_from_record(
+    record: dict[str, Any], dtype: torch.dtype, model_dir: Path | None = None
+) -> tuple[Any, Any, bool]:
+    """Rebuild the base model a run started from (hub id, folder or GGUF file).
+
+    A base built from a config dict has no other source than the copy saved beside its adapter
+    (`<adapter>/base/`, see methods/peft_common.py); that copy is used when present.
+    """
     base = record.get("base_model") or {}
+    saved = model_dir / "base" if model_dir is not None else None
+    if saved is not None and (saved / "config.json").is_file():
+        auto = AutoModelForSeq2SeqLM if record.get("encoder_decoder") else AutoModelForCausalLM
+        model = auto.from_pretrained(saved, dtype=dtype)
+        return model, ModelConfig(name=str(saved)), bool(record.get("encoder_decoder"))
     model_cfg = ModelConfig(
         name=base.get("name"),
         gguf_file=base.get("gguf_file"),
@@ -83,15 +94,42 @@ def load_base_from_record(record: dict[str, Any], dtype: torch.dtype) -> tuple[A
     return model, model_cfg, bool(record.get("encoder_decoder"))
 
 
-def load_for_inference(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedForInference:
-    """Load a trained model (full folder or adapter + base) and its tokenizer for generation."""
+def load_for_inference(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    adapters: dict[str, str | Path] | None = None,
+    use: str | None = None,
+) -> LoadedForInference:
+    """Load a trained model (full folder or adapter + base) and its tokenizer for generation.
+
+    Args:
+        path: a run folder, its final/, or a model or adapter folder.
+        adapters: more adapters (name -> folder) to load onto the same base: one backbone in
+            memory, many small task heads. The adapter of `path` is named "default".
+        use: the adapter that generates (default: "default"); switch later with
+            `model.set_adapter(name)`.
+    """
     model_dir = resolve_model_dir(path)
     record = read_run_record(model_dir)
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base, _, encoder_decoder = load_base_from_record(record, dtype)
+        base, _, encoder_decoder = load_base_from_record(record, dtype, model_dir)
         model = PeftModel.from_pretrained(base, model_dir)
+        for name, folder in (adapters or {}).items():
+            load_extra_adapter(model, record, name, folder)
+        if use is not None and use != "default":
+            if use not in model.peft_config:
+                raise UserError(
+                    f"--use {use}: no adapter of that name",
+                    f"loaded: {', '.join(model.peft_config)}",
+                )
+            model.set_adapter(use)
+    elif adapters:
+        raise UserError(
+            f"{model_dir} is a full model, so --adapter cannot add adapters to it",
+            "give an adapter folder (a LoRA/IA3/prefix/prompt run) as the model",
+        )
     else:
         from transformers import AutoConfig
 
@@ -103,6 +141,25 @@ def load_for_inference(path: str | Path, dtype: torch.dtype = torch.float32) -> 
     ensure_pad_token(tokenizer)
     model.eval()
     return LoadedForInference(model, tokenizer, record, encoder_decoder)
+
+
+def load_extra_adapter(model: Any, record: dict[str, Any], name: str, folder: str | Path) -> None:
+    """Load another adapter onto the PEFT model, refusing one trained on a different base."""
+    extra_dir = resolve_model_dir(folder)
+    if not (extra_dir / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {name}={folder}: not an adapter folder")
+    if name in model.peft_config:
+        raise UserError(f"--adapter {name}: the name is already taken", "choose another name")
+    other = read_run_record(extra_dir).get("base_model")
+    if other is not None and other != record.get("base_model"):
+        raise UserError(
+            f"--adapter {name}={folder} was trained on another base model than the first adapter",
+            "adapters that share one backbone must come from runs on the same base",
+        )
+    try:
+        model.load_adapter(extra_dir, adapter_name=name)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--adapter {name}={folder}: {exc}", "combine adapters of one kind") from None
 
 
 def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
@@ -165,13 +222,18 @@ def generate_texts(
 
 
 def generate_file(
-    model_path: str | Path, input_path: str, output_path: str | Path, settings: GenerationSettings
+    model_path: str | Path,
+    input_path: str,
+    output_path: str | Path,
+    settings: GenerationSettings,
+    adapters: dict[str, str | Path] | None = None,
+    use: str | None = None,
 ) -> int:
     """Read records, generate, write them back with `generated_text`. Returns the record count."""
     output_path = Path(output_path)
     if output_path.exists():
         raise UserError(f"{output_path} already exists", "choose another --output or delete it")
-    loaded = load_for_inference(model_path)
+    loaded = load_for_inference(model_path, adapters=adapters, use=use)
     entry = entry_from_record(loaded.record, input_path)
     records = read_records(input_path)
     examples = [format_record(r, entry) for r in records]

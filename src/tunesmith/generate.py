@@ -159,7 +159,9 @@ def load_extra_adapter(model: Any, record: dict[str, Any], name: str, folder: st
     try:
         model.load_adapter(extra_dir, adapter_name=name)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"--adapter {name}={folder}: {exc}", "combine adapters of one kind") from None
+        raise UserError(
+            f"--adapter {name}={folder}: {exc}", "combine adapters of one kind"
+        ) from None
 
 
 def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:

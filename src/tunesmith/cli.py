@@ -90,7 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.model)
     entry = entry_from_record(read_run_record(model_dir), args.data)
-    examples = [format_record(r, entry) for r in read_records(args.data)][: args.limit]
+    examples = [format_record(r, entry) for r in read_records(args.data, "test")][: args.limit]
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, batch_size=args.batch_size
     )

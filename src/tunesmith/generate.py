@@ -8,6 +8,7 @@ whose base is rebuilt from tunesmith.json. Each input record comes back with `ge
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,17 +166,11 @@ def load_extra_adapter(model: Any, record: dict[str, Any], name: str, folder: st
 
 
 def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
-    """A dataset entry for `path` that applies the templates the run was trained with."""
+    """A dataset entry for `path` (its test split when it is a split folder or zip) that applies
+    the templates, presets and input limit the run was trained with."""
     data = record.get("data") or {}
-    return DatasetEntry(
-        path=path,
-        format=data.get("format", "input_output"),
-        fields=data.get("fields") or {},
-        input_format=data.get("input_format", "__input__"),
-        output_format=data.get("output_format", "__output__"),
-        max_input_tokens=data.get("max_input_tokens"),
-        max_output_tokens=data.get("max_output_tokens"),
-    )
+    known = {f.name for f in dataclasses.fields(DatasetEntry)} - {"path", "split"}
+    return DatasetEntry(path=path, split="test", **{k: v for k, v in data.items() if k in known})
 
 
 @torch.no_grad()
@@ -237,7 +232,7 @@ def generate_file(
         raise UserError(f"{output_path} already exists", "choose another --output or delete it")
     loaded = load_for_inference(model_path, adapters=adapters, use=use)
     entry = entry_from_record(loaded.record, input_path)
-    records = read_records(input_path)
+    records = read_records(input_path, entry.split)
     examples = [format_record(r, entry) for r in records]
     texts = generate_texts(
         loaded.model,

@@ -174,11 +174,11 @@ def chat(record: dict[str, Any], entry: DatasetEntry) -> Example:
     if entry.system and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": entry.system})
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
+    if last is None and entry.split != "test":
         raise UserError(f"{source}: chat record without an assistant turn", "nothing to train on")
     return Example(
         prompt="",
-        answer=messages[last]["content"],
+        answer=None if last is None else messages[last]["content"],
         input_text="",
         input_format=INPUT,
         source=source,

@@ -123,6 +123,16 @@ def dataset_entries(data_cfg: DataConfig, split: str) -> list[DatasetEntry]:
     return entries
 
 
+def entry_settings(data_cfg: DataConfig) -> dict[str, Any]:
+    """The format settings of the first training entry, presets resolved: what a saved model
+    records so `generate` and evaluation apply the same templates and limits."""
+    entries = dataset_entries(data_cfg, "train") if data_cfg.train is not None else []
+    entry = entries[0] if entries else DatasetEntry()
+    keep = ("format", "fields", "input_format", "output_format", "template", "system")
+    keep += ("max_input_tokens", "max_output_tokens", "truncation_side")
+    return {key: getattr(entry, key) for key in keep}
+
+
 # ---------------------------------------------------------------- files of a split
 
 

@@ -10,6 +10,7 @@ template turn by turn; the assistant turns are the trained segments.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +54,17 @@ def encode_prompt(
     max_tokens: int | None,
     side: str = "right",
     ids: list[int] | None = None,
+    body: list[int] | None = None,
 ) -> tuple[list[int], bool]:
     """Prompt ids (with the tokenizer's leading special tokens), cut inside the input if needed.
 
-    `ids` may pass the prompt already tokenised (batched encoding); chat examples are rendered up
+    `ids` and `body` may pass the prompt and the raw input already tokenised (batched encoding);
+    chat examples are rendered up
     to their last assistant turn with the generation prompt.
     """
     if example.messages is not None:
-        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+        turns = example.messages
+        last = max((i for i, m in enumerate(turns) if m["role"] == "assistant"), default=len(turns))
         text = render_chat(tokenizer, example.messages[:last], generation_prompt=True)
         ids = _ids(tokenizer, text, special=False)
         return (
@@ -75,16 +79,23 @@ def encode_prompt(
         ids = _ids(tokenizer, example.prompt, special=True)
     if max_tokens is None or len(ids) <= max_tokens:
         return ids, False
-    before, _, after = example.input_format.partition(INPUT)
-    head = _ids(tokenizer, before, special=True) if before else _ids(tokenizer, "", special=True)
-    tail = _ids(tokenizer, after, special=False) if after else []
-    # Some tokenizers append EOS to every encoding (T5): keep those special ids at the very end.
-    trailing = [i for i in head[len(head) - 1 :] if i == tokenizer.eos_token_id and after == ""]
-    head = head[: len(head) - len(trailing)]
-    body = _ids(tokenizer, example.input_text, special=False)
+    head, tail, trailing = _template_ids(tokenizer, example.input_format)
+    if body is None:
+        body = _ids(tokenizer, example.input_text, special=False)
     room = max(max_tokens - len(head) - len(tail) - len(trailing), 0)
     ids = (head + _cut(body, room, side) + tail + trailing)[:max_tokens]
     return ids, True
+
+
+@functools.lru_cache(maxsize=64)
+def _template_ids(tokenizer: Any, template: str) -> tuple[list[int], list[int], list[int]]:
+    """Ids of a template's text before and after the input, and trailing special ids."""
+    before, _, after = template.partition(INPUT)
+    head = _ids(tokenizer, before, special=True)
+    tail = _ids(tokenizer, after, special=False) if after else []
+    # Some tokenizers append EOS to every encoding (T5): keep those special ids at the very end.
+    trailing = [i for i in head[len(head) - 1 :] if i == tokenizer.eos_token_id and after == ""]
+    return head[: len(head) - len(trailing)], tail, trailing
 
 
 def encode_answer(
@@ -106,12 +117,13 @@ def encode(
     encoder_decoder: bool,
     prompt_ids: list[int] | None = None,
     answer_ids: list[int] | None = None,
+    body_ids: list[int] | None = None,
 ) -> Encoded | None:
     """Token ids and labels of one example; None when it is over-long and `overlong=drop`."""
     if example.messages is not None:
         return encode_chat(tokenizer, example, limits, encoder_decoder)
     prompt, cut_prompt = encode_prompt(
-        tokenizer, example, limits.max_input_tokens, limits.truncation_side, prompt_ids
+        tokenizer, example, limits.max_input_tokens, limits.truncation_side, prompt_ids, body_ids
     )
     answer, cut_answer = encode_answer(
         tokenizer, example.answer or "", limits.max_output_tokens, answer_ids
@@ -145,16 +157,24 @@ def encode_many(
     prompts = _batch_ids(tokenizer, [examples[i].prompt for i in plain], special=True)
     answers = _batch_ids(tokenizer, [examples[i].answer or "" for i in plain], special=False)
     by_index = {i: (p, a) for i, p, a in zip(plain, prompts, answers)}
+    limit = limits.max_input_tokens
+    long = [i for i, p in zip(plain, prompts) if limit is not None and len(p) > limit]
+    bodies = dict(zip(long, _batch_ids(tokenizer, [examples[i].input_text for i in long], False)))
     out = []
     for i, example in enumerate(examples):
         p, a = by_index.get(i, (None, None))
-        out.append(encode(tokenizer, example, limits, encoder_decoder, p, a))
+        out.append(encode(tokenizer, example, limits, encoder_decoder, p, a, bodies.get(i)))
     return out
 
 
 def _batch_ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    """Ids of many texts; straight through the Rust tokenizer when there is one (the Python
+    wrapper's per-encoding conversion costs more than the tokenisation of short texts)."""
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=special)]
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tunesmith.config import Config, save_config
+from tunesmith.data.sources import entry_settings
 from tunesmith.errors import UserError
 from tunesmith.models.load import base_model_record
 
@@ -61,14 +62,7 @@ def write_run_record(cfg: Config, directory: Path, encoder_decoder: bool) -> Non
         "base_model": base_model_record(cfg.model),
         "encoder_decoder": encoder_decoder,
         "method": dataclasses.asdict(cfg.method),
-        "data": {
-            "format": d.format,
-            "fields": d.fields,
-            "input_format": d.input_format,
-            "output_format": d.output_format,
-            "max_input_tokens": d.max_input_tokens,
-            "max_output_tokens": d.max_output_tokens,
-        },
+        "data": entry_settings(d),
     }
     (directory / RUN_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
 

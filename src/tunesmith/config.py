@@ -60,7 +60,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: Any = option(
-        None, "Training data: a path, glob or folder, or a list of dataset entries."
+        None,
+        "Training data: a path, glob, folder, zip or preset name, or a list of dataset entries"
+        " ({path | hub | preset, split, format, fields, templates, lengths, proportion}).",
     )
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
@@ -89,7 +91,9 @@ class DataConfig:
     packing: bool = option(False, "Pack several examples into one row of max_seq_len tokens.")
     max_seq_len: int | None = option(None, "Row length for packing.")
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
-    num_workers: int = option(0, "DataLoader worker processes.")
+    num_workers: int = option(
+        0, "Not used yet: batches are built in the main process from the tokenised cache."
+    )
     proportion: float | None = option(None, "Default sampling proportion of each dataset entry.")
     cache: bool = option(True, "Cache tokenised data on disk, keyed by data, tokenizer, settings.")
     cache_dir: str | None = option(

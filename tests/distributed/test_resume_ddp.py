@@ -1,9 +1,11 @@
-"""Exact resume and signal stops with 2 DDP processes (gloo, CPU), through torchrun for real.
+"""Exact resume and signal stops on 2 processes (gloo, CPU), through torchrun for real.
 
-Launches: an uninterrupted 2-process run; the same run with both ranks SIGKILLed after step 3
-and then resumed (bitwise equal to the uninterrupted one); a run where only rank 1 receives
-SIGTERM (both ranks agree on the stop and checkpoint the same step). The 2-process checkpoint
-is also resumed on one process, which converts the data position and says what changed.
+For DDP (replicated checkpoint) and FSDP2 (sharded, torch.distributed.checkpoint): an
+uninterrupted 2-process run; the same run with both ranks SIGKILLed after step 3 and then resumed
+(bitwise equal to the uninterrupted one); the 2-process checkpoint resumed on one process, which
+converts the data position and says what changed. For DDP also a run where only rank 1 receives
+SIGTERM: both ranks agree on the stop and checkpoint the same step. The FSDP cases are marked
+slow (three more launches).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from tunesmith.train.loop import train
 
 pytestmark = pytest.mark.distributed
 STEPS = 6
+STRATEGIES = ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)]
+ONE_PROCESS = {"ddp": "single", "fsdp": "fsdp"}  # where each strategy's checkpoint resumes
 
 
-def ddp_overrides(tmp: Path, **extra: object) -> list[str]:
+def ddp_overrides(tmp: Path, strategy: str = "ddp", **extra: object) -> list[str]:
     values = {
-        "strategy.name": "ddp",
+        "strategy.name": strategy,
         "train.batch_size": 4,  # per rank: a global batch of 8, like one process with 8
         "checkpoint.save_every": 2,
         "eval.run_validation": False,
@@ -69,19 +73,24 @@ def losses_by_step(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.fixture(scope="module", params=STRATEGIES)
+def strategy(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("ddp_reference")
-    code = torchrun(ddp_overrides(tmp), tmp / "log.txt")
+def reference(strategy, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp(f"{strategy}_reference")
+    code = torchrun(ddp_overrides(tmp, strategy), tmp / "log.txt")
     assert code == 0, (tmp / "log.txt").read_text()[-3000:]
     return tmp / "run"
 
 
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory) -> tuple[Path, list[str]]:
+def killed(strategy, tmp_path_factory) -> tuple[Path, list[str]]:
     """A 2-process run whose ranks both die by SIGKILL once step 3 is done."""
-    tmp = tmp_path_factory.mktemp("ddp_killed")
-    argv = ddp_overrides(tmp)
+    tmp = tmp_path_factory.mktemp(f"{strategy}_killed")
+    argv = ddp_overrides(tmp, strategy)
     assert torchrun(argv, tmp / "log.txt", kill_at="step:3") != 0
     return tmp / "run", argv
 
@@ -117,19 +126,17 @@ def test_sigterm_on_one_rank_stops_both_at_the_same_checkpoint(tmp_path):
     assert max(losses_by_step(run)) == 2
 
 
-def test_a_two_process_checkpoint_resumes_on_one_process(reference, killed, tmp_path, capsys):
+def test_a_two_process_checkpoint_resumes_on_one_process(
+    strategy, reference, killed, tmp_path, capsys
+):
     run, _ = killed
-    argv = run_overrides(
-        tmp_path,
-        "llama",
-        "full",
-        STEPS,
-        **{"train.batch_size": 8, "eval.run_validation": False, "resume": str(run)},
-    )
+    one = ONE_PROCESS[strategy]
+    values = {"strategy.name": one, "train.batch_size": 8, "eval.run_validation": False}
+    argv = run_overrides(tmp_path, "llama", "full", STEPS, **values, resume=str(run))
     summary = train(load_config(None, argv))
     err = capsys.readouterr().err
     assert summary["resumed_from_step"] == 2
-    assert "written by 2 process(es) with strategy ddp; resuming on 1 with single" in err
+    assert f"written by 2 process(es) with strategy {strategy}; resuming on 1 with {one}" in err
     assert "2 micro-batches of 4 x 2 process(es) = 16 examples" in err
     assert "-> 2 micro-batches of 8 x 1" in err
     resumed, expected = losses_by_step(tmp_path / "run"), losses_by_step(reference)

@@ -16,6 +16,7 @@ which format, and when a folder counts as a checkpoint:
         optimizer.pt       their own files here)    optimizer state
         scheduler.pt       learning-rate schedule
         rng-rank00000.pt   python, torch CPU and CUDA generator states and data position, per rank
+        method_state.pt    the method's own training-time state, when it has one (optional)
         trainer_state.json step, tokens seen, best metric, data position, batch geometry
         config.yaml        the resolved config of the run that wrote it
         manifest.json      written last: size and sha256 of every other file
@@ -56,6 +57,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 TRAINER_STATE = "trainer_state.json"
+METHOD_STATE = "method_state.pt"
 CONFIG_FILE = "config.yaml"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 

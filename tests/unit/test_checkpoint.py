@@ -192,3 +192,23 @@ def test_config_changes_name_what_matters_for_an_exact_resume():
     current = {"train": {"lr": 2e-3, "max_steps": 20}, "output_dir": "b", "eval": {"eval_every": 1}}
     assert config_changes(saved, current) == ["train.lr: 0.001 -> 0.002"]
     assert json.dumps(config_changes(saved, saved)) == "[]"
+
+
+# The remaining security points, checked where the user meets them.
+
+
+def test_recipes_are_read_with_yaml_safe_load(tmp_path):
+    from tunesmith.config import load_config
+
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text('seed: !!python/object/apply:os.system ["echo pwned"]\n')
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(recipe)
+
+
+def test_remote_code_runs_only_when_the_config_says_so():
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import _source_kwargs
+
+    assert _source_kwargs(ModelConfig(name="x"))["trust_remote_code"] is False
+    assert _source_kwargs(ModelConfig(name="x", trust_remote_code=True))["trust_remote_code"]

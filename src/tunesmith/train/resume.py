@@ -29,6 +29,7 @@ from tunesmith.checkpoint import (
     CHECKPOINTS,
     CONFIG_FILE,
     LATEST,
+    METHOD_STATE,
     OPTIMIZER_FILE,
     SCHEDULER_FILE,
     TRAINER_STATE,
@@ -238,6 +239,10 @@ class Checkpointer:
         }
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
         save_config(self.cfg, tmp / CONFIG_FILE)
+        # A method's own training-time state (Green Trainer's current selection), if it has any;
+        # methods decide identically on every rank, so rank 0's copy serves all.
+        if hasattr(self.method, "state_dict"):
+            torch.save(self.method.state_dict(), tmp / METHOD_STATE)
         last_eval = self.state.last_eval
         metrics = {k: v for k, v in last_eval.items() if k != "step"}
         info = {
@@ -282,6 +287,8 @@ class Checkpointer:
         ):
             self.log("warning: the checkpoint has no optimizer state; the optimizer restarts")
         self.scheduler.load_state_dict(load_pickled(directory / SCHEDULER_FILE))
+        if (directory / METHOD_STATE).is_file() and hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(load_pickled(directory / METHOD_STATE))
         trainer = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
         for key, value in trainer["run_state"].items():
             if hasattr(self.state, key):

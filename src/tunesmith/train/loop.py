@@ -118,7 +118,7 @@ def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says. Returns the run summary (also written to summary.json)."""
     method = METHODS[cfg.method.name](cfg.method)
     strategy = STRATEGIES[cfg.strategy.name](cfg.strategy, cfg.train)
-    stop = StopSignals()  # SIGTERM/SIGINT: checkpoint at the next step boundary, then exit
+    stop = StopSignals()  # once steps run, SIGTERM/SIGINT mean: checkpoint, then exit
     try:
         return _run(cfg, method, strategy, overwrite, stop)
     finally:
@@ -215,6 +215,7 @@ def _run(
     window_targets = 0
     window_tokens, window_start = 0, time.perf_counter()
     last_loss, bad_in_a_row, stopped = None, 0, False
+    stop.arm()
     while state.step < total_steps:
         ctx.step, ctx.epoch, ctx.model = state.step, data.train.epoch, model
         if method.on_step(ctx):

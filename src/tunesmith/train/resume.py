@@ -132,8 +132,9 @@ def die_here_for_tests(point: str, step: int, rank: int = 0) -> None:
 class StopSignals:
     """SIGTERM and SIGINT become a request to checkpoint and stop at the next step boundary.
 
-    A second SIGINT stops at once (KeyboardInterrupt), for a user who means it. Handlers are only
-    installed from the main thread and are restored by `restore()`.
+    A second SIGINT stops at once (KeyboardInterrupt), for a user who means it. `arm()` installs
+    the handlers when the step loop starts (before that, Ctrl-C interrupts loading as usual),
+    from the main thread only; `restore()` puts the previous handlers back.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -141,7 +142,9 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
+
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
 

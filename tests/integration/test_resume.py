@@ -149,14 +149,15 @@ def test_corrupted_checkpoint_is_skipped_with_a_clear_message(reference, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_sigterm_checkpoints_at_the_next_step_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_at_the_next_step_and_says_how_to_resume(tmp_path, sig):
     argv = overrides(tmp_path, "full", **{"train.max_steps": 50})
     log = tmp_path / "child.log"
-    code = run_in_child(argv, "step:3:SIGTERM", log)
+    code = run_in_child(argv, f"step:3:{sig.name}", log)
     message = log.read_text()
-    assert code == 128 + signal.SIGTERM, message
+    assert code == 128 + sig, message
     # The signal lands after step 3's stop vote; every rank sees it in step 4's vote.
-    assert "stopped by SIGTERM at step 4" in message and "resume=auto" in message
+    assert f"stopped by {sig.name} at step 4" in message and "resume=auto" in message
     run = tmp_path / "run"
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-4"
     assert max(losses_by_step(run)) == 4 and not (run / "final").exists()

@@ -49,3 +49,51 @@ def check(
             "this configuration cannot run: " + "; ".join(problems),
             "see docs/compatibility.md for what works together",
         )
+
+
+def method_strategy_table() -> str:
+    """The method x strategy table (markdown) from the same rules `check` applies.
+
+        python -m tunesmith.compat --markdown > docs/compatibility.md   (the table part)
+
+    Each cell is checked with the method's and strategy's default options on a decoder-only
+    model; a refusal shows its reason. `strategy.check` must not rely on process-group state,
+    so a bare instance (no __init__) is enough here.
+    """
+    from tunesmith.config import config_from_dict
+    from tunesmith.methods import METHODS
+    from tunesmith.strategies import STRATEGIES
+
+    # Methods whose defaults do not run alone get the smallest options that do.
+    example_options = {"freeze": {"train_top_layers": 1}}
+    rows = [(name, {}) for name in METHODS]
+    rows.append(("lora", {"model": {"quantization": "nf4"}}))  # QLoRA
+    lines = [
+        "| method | " + " | ".join(STRATEGIES) + " |",
+        "|---|" + "---|" * len(STRATEGIES),
+    ]
+    for method, extra in rows:
+        label = method if not extra else f"{method} + model.quantization=nf4 (QLoRA)"
+        cells = []
+        for strategy_name, strategy_cls in STRATEGIES.items():
+            cfg = config_from_dict(
+                {
+                    **extra,
+                    "method": {"name": method, **example_options.get(method, {})},
+                    "strategy": {"name": strategy_name},
+                }
+            )
+            caps = METHODS[method].capabilities
+            problems = refusals(cfg, caps, strategy_cls.__new__(strategy_cls), "llama", False)
+            cells.append("yes" if not problems else "no: " + "; ".join(problems))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--markdown" not in sys.argv[1:]:
+        print("usage: python -m tunesmith.compat --markdown", file=sys.stderr)
+        sys.exit(2)
+    sys.stdout.write(method_strategy_table())

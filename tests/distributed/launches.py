@@ -29,6 +29,10 @@ EQUIVALENCE = {  # case id -> strategy overrides
     "deepspeed_3": {"strategy.name": "deepspeed", "strategy.stage": 3},
 }
 METHODS = {"full": {}, "lora": {"method.dropout": 0.0, "method.target_modules": "all-linear"}}
+# Also checked against one process, on the sharded engines only: a frozen model whose trainable
+# tensors (virtual-token prefixes) sit outside the blocks.
+EXTRA_METHODS = {"prefix": {"method.num_virtual_tokens": 4}}
+EXTRA_CELLS = ("fsdp_full_shard", "deepspeed_3")
 
 
 def wide_targets(tmp: Path) -> Path:
@@ -54,7 +58,7 @@ def train_case(
         "train.lr": 1e-3,
         "train.max_grad_norm": 0.5,  # small enough to clip: the global norm must be right
         "eval.max_batches": 1,
-        **METHODS[method],
+        **{**METHODS, **EXTRA_METHODS}.get(method, {}),
         **extra,
     }
     overrides = run_overrides(tmp / case_id, "llama", method, STEPS, **values)

@@ -36,7 +36,10 @@ def main(plan_path: str, out_path: str) -> None:
     if "RANK" not in os.environ:  # one process: a one-rank group the strategies reuse
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(pg.free_port()))
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    dist.init_process_group("gloo")
+    # The backend follows the device, as in the strategies (tests/gpu reuses this worker).
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank()
     results: dict[str, dict] = {}
     for case in json.loads(Path(plan_path).read_text()):
@@ -110,22 +113,25 @@ def run_fsdp_probe(case: dict) -> dict:
     from tunesmith.strategies.fsdp import is_sharded, local_fraction
 
     cfg, strategy, model, optimizer = strategy_and_model(case)
-    inner = model.model.layers[0] if hasattr(model, "model") else None
-    inner = inner or model.base_model.model.model.layers[0]
+    model.train()  # HF recomputes checkpointed layers only in training mode
+    inner = next(m for name, m in model.named_modules() if name.endswith("layers.0"))
     calls = {"mlp": 0}
-    inner.mlp.register_forward_hook(lambda *_: calls.__setitem__("mlp", calls["mlp"] + 1))
+    # A pre-hook: recomputation stops early once the saved tensors exist again, before the
+    # module returns, so a post-forward hook would miss it.
+    inner.mlp.register_forward_pre_hook(lambda *_: calls.__setitem__("mlp", calls["mlp"] + 1))
     ids = torch.arange(3, 27).reshape(2, 12)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
     gathered_after_forward = not isinstance(inner.mlp.up_proj.weight, DTensor)
     (out.loss * strategy.world_size).backward()
     weight = inner.mlp.up_proj.weight
+    grad = next(p.grad for p in inner.parameters() if p.grad is not None)
     record = {
         "sharded": is_sharded(weight),
         "local_fraction": local_fraction(model),
         "gathered_after_forward": gathered_after_forward,
         "mlp_forward_calls": calls["mlp"],
         "param_device": str(getattr(weight, "_local_tensor", weight).device),
-        "grad_device": str(getattr(weight.grad, "_local_tensor", weight.grad).device),
+        "grad_device": str(getattr(grad, "_local_tensor", grad).device),
         "offload_policy": type(inner._get_fsdp_state()._fsdp_param_group.offload_policy).__name__,
     }
     strategy.close()

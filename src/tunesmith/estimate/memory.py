@@ -164,7 +164,7 @@ def _sharding(cfg: Any, world: int) -> dict[str, float]:
         elif mode == "SHARD_GRAD_OP":
             one.update(gradients=world, optimizer=world)
         elif mode == "HYBRID_SHARD":
-            per_node = getattr(strategy, "gpus_per_node", None) or min(world, 8)
+            per_node = getattr(strategy, "hybrid_shard_size", None) or min(world, 8)
             one.update(weights=per_node, gradients=per_node, optimizer=per_node)
         if getattr(strategy, "cpu_offload", False):
             one.update(offload_optimizer=1, offload_params=1)

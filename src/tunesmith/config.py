@@ -120,7 +120,11 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay (never on norms and biases).")
     betas: list = option([0.9, 0.999], "AdamW betas.")
     eps: float = option(1e-8, "AdamW epsilon.")
-    optimizer: str = option("adamw", "Optimizer: adamw (more with the scale-out options).")
+    optimizer: str = option(
+        "adamw",
+        "Optimizer: adamw, adamw_8bit (bitsandbytes), adamw_kahan / anyprecision or "
+        "adamw_stochastic (keep learning on bf16-pure weights).",
+    )
     max_grad_norm: float | None = option(1.0, "Clip the global gradient norm (null: no clipping).")
     precision: Precision = option("fp32", "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure.")
     activation_checkpointing: bool = option(

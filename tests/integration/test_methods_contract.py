@@ -131,8 +131,9 @@ def cell_config(tmp_path: Path, method: str, kind: str, data: Path, save: bool):
         **{
             "model.config": json.dumps(contract_config(kind)),
             "data.train": str(data),
-            "data.validation": "null",
-            "eval.run_validation": "false",
+            # prefix/prompt also evaluate: validation runs the same loss in eval mode
+            "data.validation": str(data) if save else "null",
+            "eval.run_validation": str(save).lower(),
             "train.lr": LR.get(method, 3e-3),
             "train.lr_schedule": "constant",
             "checkpoint.save_model": str(save).lower(),

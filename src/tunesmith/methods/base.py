@@ -157,6 +157,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         n = param.numel()
         if hasattr(param, "ds_numel"):  # DeepSpeed ZeRO-3 partitions; ds_numel is the full size
             n = param.ds_numel
+        elif type(param).__name__ == "Params4bit":  # bitsandbytes packs 2 weights per byte
+            n *= 2 * param.element_size()
         total += n
         if param.requires_grad:
             trainable += n

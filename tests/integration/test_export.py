@@ -129,3 +129,17 @@ def test_generate_with_several_adapters_on_one_base(lora_run, tmp_path):
     assert texts(tmp_path / "a.jsonl") == texts(tmp_path / "a-alone.jsonl")
     with pytest.raises(UserError, match="no adapter of that name"):
         generate_file(lora_run, str(inputs), tmp_path / "x.jsonl", settings, {"b": other}, "c")
+
+
+@pytest.mark.parametrize(
+    ("method", "options"), [("lora", {}), ("freeze", {"method.num_freeze_layers": 1})]
+)
+def test_checkpoint_export_equals_the_final_model(method, options, tmp_path):
+    # The last checkpoint and final/ hold the same trained state; export rebuilds the model from
+    # the checkpoint's config.yaml and must compute exactly what final/ computes.
+    finished = run(tmp_path, method, method, **{"checkpoint.save_every": 4, **options})
+    out = export(finished / "checkpoints" / "step-4", tmp_path / "exported")
+    assert torch.equal(
+        probe_logits(load_for_inference(out).model),
+        probe_logits(load_for_inference(finished).model),
+    )

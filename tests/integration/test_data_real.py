@@ -111,3 +111,41 @@ def test_packed_training_run_on_quotes(shared_data, tmp_path):
     assert summary["steps"] == 3 and summary["tokens_per_s"] > 0
     used = summary["examples_used"][str(shared_data / "quotes" / "tfortunes.jsonl")]
     assert used > 3 * 2  # several quotes per packed row
+
+
+def test_generate_reads_the_test_split_of_a_seed003_folder(shared_data, tmp_path):
+    """A run trained on a split folder; `generate` given the folder uses its test/ split and the
+    run's preset prompt."""
+    from tunesmith.generate import GenerationSettings, generate_file
+
+    folder = tmp_path / "jfleg"
+    src = (shared_data / "jfleg" / "dev" / "dev.src").read_text(encoding="utf-8").splitlines()
+    ref = (shared_data / "jfleg" / "dev" / "dev.ref0").read_text(encoding="utf-8").splitlines()
+    for split, lines in (("train", range(0, 40)), ("val", range(40, 48)), ("test", range(48, 53))):
+        (folder / split).mkdir(parents=True)
+        rows = [{"input": src[i], "target": ref[i]} for i in lines]
+        (folder / split / "part.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+        )
+    overrides = run_overrides(
+        tmp_path,
+        steps=2,
+        **{
+            "data.train": str(folder),
+            "data.validation": "null",
+            "data.preset": "grammar",
+            "data.max_input_tokens": 48,
+            "data.cache_dir": str(tmp_path / "cache"),
+        },
+    )
+    cfg = load_config(None, overrides)
+    tunesmith.train(cfg)
+    out = tmp_path / "preds.jsonl"
+    n = generate_file(
+        cfg.output_dir, str(folder), out, GenerationSettings(max_new_tokens=4, batch_size=5)
+    )
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert n == 5 and [r["input"] for r in rows] == src[48:53]
+    record = json.loads((tmp_path / "run" / "final" / "tunesmith.json").read_text())
+    assert record["data"]["input_format"].startswith("Correct this to standard English:")
+    assert record["data"]["max_input_tokens"] == 48

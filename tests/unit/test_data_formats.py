@@ -153,3 +153,28 @@ def test_plugin_registers_format_and_metric(tokenizer, tmp_path):
     finally:
         FORMATS.pop("qa_test", None)
         METRICS.pop("first_word_test", None)
+
+
+def test_length_limits_truncation_side_and_drop_are_counted(tokenizer, tmp_path):
+    rows = [
+        {"input": "a b c d e f g h i j k l m n o p", "output": "x"},
+        {"input": "a", "output": "y"},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def build(*extra):
+        cfg = load_config(
+            None, [f"data.train={path}", "data.cache=false", "train.batch_size=1", *extra]
+        )
+        return build_dataloaders(cfg, tokenizer, 0, 1, False)
+
+    left = build("data.max_input_tokens=4", "data.truncation_side=left")
+    right = build("data.max_input_tokens=4")
+    assert left.stats["train"].truncated == right.stats["train"].truncated == 1
+    cut_left = tokenizer.decode(left.train.units[0].input_ids[:4])
+    cut_right = tokenizer.decode(right.train.units[0].input_ids[:4])
+    assert cut_left.endswith("o p") and cut_right.startswith("a b")
+    dropped = build("data.max_input_tokens=4", "data.overlong=drop")
+    stats = dropped.stats["train"]
+    assert (stats.examples, stats.truncated, stats.dropped) == (1, 1, 1)

@@ -151,8 +151,22 @@ class DeepSpeed:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> torch.Tensor:
+        # ZeRO optimizers report the global norm; stage 0 does not, so measure its (already
+        # all-reduced) gradients first: a missing norm must not read as a non-finite step.
+        grads = []
+        if self.options.stage == 0:
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        measured = (
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+            if grads
+            else None
+        )
         self.engine.step()  # clipping is the config's gradient_clipping
         norm = self.engine.get_global_grad_norm()
+        if norm is None and measured is not None:
+            return measured
         return torch.tensor(float(norm) if norm is not None else float("nan"))
 
     def on_trainable_change(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:

@@ -328,7 +328,7 @@ class Checkpointer:
             try:
                 chosen = choose_checkpoint(self.cfg.resume, self.root.parent, self.log)
                 text = str(chosen) if chosen else ""
-            except UserError as exc:
+            except Exception as exc:  # tell the other ranks before raising, or they would hang
                 text, error = "\0error", exc
         text = _broadcast_text(self.strategy, text)
         if error is not None:

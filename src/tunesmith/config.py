@@ -92,7 +92,7 @@ class DataConfig:
     max_seq_len: int | None = option(None, "Row length for packing.")
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
     num_workers: int = option(
-        0, "Not used yet: batches are built in the main process from the tokenised cache."
+        0, "Processes that tokenise large sets (2,000+ examples); 0/1: one process."
     )
     proportion: float | None = option(None, "Default sampling proportion of each dataset entry.")
     cache: bool = option(True, "Cache tokenised data on disk, keyed by data, tokenizer, settings.")

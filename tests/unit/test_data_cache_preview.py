@@ -115,3 +115,14 @@ def test_generate_reads_a_split_folder_test_split(tmp_path):
         (folder / split).mkdir(parents=True)
         (folder / split / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["input"] for r in read_records(str(folder), "test")] == ["5"]
+
+
+def test_tokenising_in_worker_processes_gives_the_same_examples(tokenizer, monkeypatch):
+    from tunesmith.data import tokenize
+
+    monkeypatch.setattr(tokenize, "PARALLEL_MIN", 10)
+    cfg = cached_cfg("unused", "data.cache=false")
+    serial = build_dataloaders(cfg, tokenizer, 0, 1, False)
+    cfg.data.num_workers = 2
+    parallel = build_dataloaders(cfg, tokenizer, 0, 1, False)
+    assert parallel.train.units == serial.train.units and parallel.stats == serial.stats

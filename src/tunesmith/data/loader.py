@@ -27,7 +27,7 @@ from tunesmith.data.mixing import mixture_order, normalised
 from tunesmith.data.packing import collate_packed, pack, padding_slots
 from tunesmith.data.plugins import load_plugins
 from tunesmith.data.sources import DatasetEntry, content_fingerprint, dataset_entries, read_entry
-from tunesmith.data.tokenize import IGNORE, Encoded, Limits, encode_many
+from tunesmith.data.tokenize import IGNORE, Encoded, Limits, encode_parallel
 from tunesmith.errors import UserError
 
 GROUP_CHUNK = 64  # micro-batches sorted together by group_by_length (independent of world size)
@@ -269,13 +269,15 @@ def tokenize_examples(
     encoder_decoder: bool,
     stats: SplitStats,
     source: int = 0,
+    workers: int = 0,
 ) -> list[Encoded]:
-    """Tokenise examples, counting truncated and dropped ones into `stats`."""
+    """Tokenise examples (in `workers` processes for large sets), counting truncated and dropped
+    ones into `stats`."""
     for example in examples:
         if example.answer is None:
             raise UserError(f"{example.source}: no output to train on", "every record needs one")
     out = []
-    for encoded in encode_many(tokenizer, examples, limits, encoder_decoder):
+    for encoded in encode_parallel(tokenizer, examples, limits, encoder_decoder, workers):
         stats.truncated += bool(encoded is None or encoded.truncated)
         if encoded is None:
             stats.dropped += 1
@@ -306,7 +308,13 @@ def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict
         for k, (entry, examples) in enumerate(groups):
             before = stats.examples
             encoded += tokenize_examples(
-                examples, tokenizer, limits_of(cfg, entry), encoder_decoder, stats, k
+                examples,
+                tokenizer,
+                limits_of(cfg, entry),
+                encoder_decoder,
+                stats,
+                k,
+                cfg.data.num_workers,
             )
             stats.per_source[entry.label] = stats.per_source.get(entry.label, 0) + (
                 stats.examples - before

@@ -1,4 +1,4 @@
-"""QLoRA on this CPU: a 4-bit NF4 base (bitsandbytes' CPU backend) trains LoRA adapters, and
+"""QLoRA on this CPU: a 4-bit NF4 (or 8-bit) base (bitsandbytes' CPU backend) trains LoRA adapters, and
 `export --merge` folds them into the unquantized base."""
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def qlora_overrides(tmp_path, base_folder, quantization="nf4"):
     )
 
 
-def test_qlora_nf4_trains_and_merges_into_unquantized_base(tmp_path, base_folder):
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_qlora_trains_and_merges_into_unquantized_base(quantization, tmp_path, base_folder):
     pytest.importorskip("bitsandbytes")
-    summary = train(load_config(None, qlora_overrides(tmp_path, base_folder)))
+    summary = train(load_config(None, qlora_overrides(tmp_path, base_folder, quantization)))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < losses[0]

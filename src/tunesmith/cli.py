@@ -249,7 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`train r.yaml --overwrite train.lr=1e-4`): argparse
+    # leaves such key=value words unparsed, so they are added to the overrides here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or not all("=" in word for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the torchrun re-exec
     handler: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -8,6 +8,8 @@ loss normalised by the global target-token count (and a global gradient norm) pa
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,9 +38,11 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs() -> dict:
     """Every case of the three launches, by id; also the wall time of the whole group."""
-    tmp = tmp_path_factory.mktemp("scale_out")
+    # Not pytest's tmp_path: concurrent pytest sessions prune each other's old basetemp folders,
+    # and these launches run for minutes.
+    tmp = Path(tempfile.mkdtemp(prefix="tunesmith-distributed-"))
     data = wide_targets(tmp)
     one, two = tmp / "ckpt_written_by_1", tmp / "ckpt_written_by_2"
     fsdp = ["strategy.name=fsdp"]
@@ -137,6 +141,16 @@ def runs(tmp_path_factory) -> dict:
         ckpt("ckpt_save_2", "save", two, seed=0),
         ckpt("ckpt_load_1_in_2", "load", one, seed=1),
     ]
+    plan_two.append(
+        {
+            "id": "ds_ckpt_save",
+            "kind": "ds_checkpoint",
+            "directory": str(tmp / "ds_ckpt"),
+            "overrides": probe_overrides(
+                tmp, "ds_ckpt", **{"strategy.name": "deepspeed", "strategy.stage": 3}
+            ),
+        }
+    )
     plan_last = [ckpt("ckpt_load_2_in_1", "load", two, seed=1)]
     start = time.perf_counter()
     results = {**launch(1, plan_one, tmp, "one"), **launch(2, plan_two, tmp, "two")}
@@ -144,7 +158,8 @@ def runs(tmp_path_factory) -> dict:
     results["_wall_seconds"] = time.perf_counter() - start
     results["_tmp"] = str(tmp)
     print(f"\ndistributed launches: {results['_wall_seconds']:.1f} s wall")
-    return results
+    yield results
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def record(runs: dict, case_id: str) -> dict:
@@ -234,3 +249,22 @@ def test_fsdp_final_model_loads_with_from_pretrained(runs):
         with torch.no_grad():
             logits.append(model(input_ids=ids).logits)
     assert torch.allclose(logits[0], logits[1], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case,folder", [("ckpt_save_2", "ckpt_written_by_2"), ("ds_ckpt_save", "ds_ckpt")]
+)
+def test_sharded_checkpoints_consolidate_in_one_process(runs, case, folder):
+    """FSDP's DCP shards and DeepSpeed's ZeRO-3 partitions become one plain state dict (what
+    export needs) that reproduces the trained model's logits."""
+    from conftest import build_tiny_model
+    from tunesmith.strategies.consolidate import consolidated_model_state
+
+    saved = record(runs, case)
+    state = consolidated_model_state(Path(runs["_tmp"]) / folder)
+    model = build_tiny_model("llama", seed=1)
+    assert not model.load_state_dict(state, strict=False).missing_keys
+    ids = torch.arange(3, 27).reshape(2, 12)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.allclose(logits.flatten(), torch.tensor(saved["logits"]), atol=1e-5)

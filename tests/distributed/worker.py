@@ -33,6 +33,10 @@ from tunesmith.train.loop import train  # noqa: E402
 
 def main(plan_path: str, out_path: str) -> None:
     torch.set_num_threads(1)
+    if os.environ.get("WORKER_STACKS_AFTER"):  # debugging a hang: dump every thread's stack
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["WORKER_STACKS_AFTER"]), exit=True)
     if "RANK" not in os.environ:  # one process: a one-rank group the strategies reuse
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(pg.free_port()))
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
@@ -192,7 +196,21 @@ def run_fsdp_checkpoint(case: dict) -> dict:
     return {"logits": logits, "optimizer_states": opt_keys}
 
 
+def run_ds_checkpoint(case: dict) -> dict:
+    """Train 2 steps under DeepSpeed, write its resume checkpoint, record the logits."""
+    cfg, strategy, model, optimizer = strategy_and_model(case)
+    for seed in range(2):
+        one_step(strategy, model, optimizer, seed)
+    directory = Path(case["directory"])
+    directory.mkdir(parents=True, exist_ok=True)
+    strategy.save_resume(directory, model, optimizer)
+    logits = probe_logits(model, strategy)
+    strategy.close()
+    return {"logits": logits}
+
+
 KINDS = {
+    "ds_checkpoint": run_ds_checkpoint,
     "train": run_train,
     "fsdp_probe": run_fsdp_probe,
     "ds_probe": run_ds_probe,

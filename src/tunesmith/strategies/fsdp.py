@@ -99,6 +99,13 @@ class FSDP:
                 f"strategy fsdp cannot shard bitsandbytes-quantized weights "
                 f"(model.quantization={cfg.model.quantization}): use strategy.name=ddp"
             )
+        if capabilities.edits_inputs:
+            # PEFT saves prompt-learning adapters by running the prompt encoder on rank 0 alone,
+            # which on sharded (DTensor) parameters is a collective only one rank joins.
+            out.append(
+                f"method {cfg.method.name} (virtual tokens) cannot save its adapter from FSDP "
+                "shards yet: use strategy.name=ddp or deepspeed"
+            )
         if capabilities.dynamic_trainable:
             out.append(
                 f"method {cfg.method.name} changes its trainable set during training, which "
@@ -301,7 +308,10 @@ def is_sharded(param: torch.Tensor) -> bool:
     """Whether a parameter is an FSDP2 DTensor split across ranks (not a replica)."""
     from torch.distributed.tensor import DTensor
 
-    return isinstance(param, DTensor) and any(p.is_shard() for p in param.placements)
+    if not isinstance(param, DTensor):
+        return False
+    mesh_sizes = param.device_mesh.shape
+    return any(p.is_shard() and size > 1 for p, size in zip(param.placements, mesh_sizes))
 
 
 def local_fraction(model: nn.Module) -> float:

@@ -44,6 +44,7 @@ LR = {
     "prompt": 1e-1,
     "llama_adapter": 5e-2,
     "ia3": 1e-1,
+    "green": 3e-3,
 }
 OPTIONS = {"freeze": {"num_freeze_layers": 1}}
 REFUSED = {("llama_adapter", "t5")}  # PEFT's adaption prompt has no encoder-decoder variant
@@ -87,7 +88,7 @@ def _modules_ending(base: nn.Module, targets: tuple[str, ...]) -> list[str]:
 def expected_trainable(method: str, kind: str, base: nn.Module) -> set[str]:
     """The parameter names `apply` must leave trainable, derived from the untouched base."""
     names = {n for n, _ in base.named_parameters()}
-    if method == "full":
+    if method in ("full", "green"):  # green selects its tensors at the first step, not in apply
         return names
     if method == "freeze":  # num_freeze_layers=1: embeddings and the first block freeze
         return {n for n in names if not n.startswith(BLOCK0[kind])} - EMBEDDINGS[kind]

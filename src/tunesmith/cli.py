@@ -3,6 +3,8 @@
     tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
     tunesmith generate runs/a --input data.jsonl --output preds.jsonl --max-new-tokens 64
     tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
+    tunesmith generate runs/a --adapter b=runs/b --use b --input in.jsonl --output out.jsonl
+    tunesmith export runs/a --out exported/a --merge --dtype bf16
     tunesmith plan configs/quickstart.yaml --compare --device a100-80gb
     tunesmith config --explain train
     tunesmith train cfg.yaml strategy.name=ddp --nproc-per-node 2

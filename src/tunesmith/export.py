@@ -64,13 +64,15 @@ def export(
     return out
 
 
+SHARDED_FORMATS = ("sharded", "full_state.pt", "zero")  # strategies/consolidate.py reads them
+
+
 def is_checkpoint(folder: Path) -> bool:
-    """A resume checkpoint (checkpoint.py's layout), not a model folder."""
-    return (
-        (folder / "config.yaml").is_file()
-        and (folder / "model.safetensors").is_file()
-        and not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file())
-    )
+    """A resume checkpoint (checkpoint.py's layout, replicated or sharded), not a model folder."""
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return False
+    weights = ("model.safetensors", *SHARDED_FORMATS)
+    return (folder / "config.yaml").is_file() and any((folder / w).exists() for w in weights)
 
 
 def rebuild_from_checkpoint(checkpoint: Path, model_dir: Path) -> None:
@@ -88,7 +90,10 @@ def rebuild_from_checkpoint(checkpoint: Path, model_dir: Path) -> None:
     seed_everything(cfg.seed)  # a base built from a config gets the same weights as in training
     loaded = load_model(cfg.model, "fp32", activation_checkpointing=False)
     model = method.apply(loaded.model, loaded.tokenizer)
-    load_model_state(model, load_tensors(checkpoint / MODEL_FILE))
+    from tunesmith.strategies.consolidate import consolidated_model_state
+
+    state = consolidated_model_state(checkpoint)  # FSDP / DeepSpeed shards, gathered here
+    load_model_state(model, state if state is not None else load_tensors(checkpoint / MODEL_FILE))
     model_dir.mkdir(parents=True)
     model.config.use_cache = True
     method.save(model, loaded.tokenizer, model_dir, model.state_dict())

@@ -120,6 +120,11 @@ def load_model(
     dtype = resolve_dtype(model_cfg, precision)
     tokenizer = load_tokenizer(model_cfg)
     if model_cfg.config is not None:
+        if model_cfg.quantization != "none":
+            raise UserError(
+                f"model.quantization={model_cfg.quantization} needs pretrained weights to quantize",
+                "set model.name (a folder or hub id), or model.quantization=none",
+            )
         torch_default = torch.get_default_dtype()
         model = auto.from_config(
             hf_config, dtype=dtype, attn_implementation=model_cfg.attn_implementation

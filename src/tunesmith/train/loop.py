@@ -237,6 +237,10 @@ def _run(
             window_loss += step_loss
             window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
             bad_in_a_row = 0
+        elif cfg.train.precision == "fp16-mixed" and torch.isfinite(step_loss):
+            # fp16 gradients overflowed at the current loss scale: the scaler skipped the
+            # update and lowered the scale, as it is designed to. Not a sign of divergence.
+            state.skipped_steps += 1
         else:
             state.skipped_steps += 1
             bad_in_a_row += 1

@@ -29,10 +29,23 @@ EQUIVALENCE = {  # case id -> strategy overrides
     "deepspeed_3": {"strategy.name": "deepspeed", "strategy.stage": 3},
 }
 METHODS = {"full": {}, "lora": {"method.dropout": 0.0, "method.target_modules": "all-linear"}}
-# Also checked against one process on DeepSpeed: a frozen model whose trainable tensors
-# (virtual-token prefixes) sit outside the transformer blocks.
-EXTRA_METHODS = {"prefix": {"method.num_virtual_tokens": 4}}
-EXTRA_CELLS = ("deepspeed_2", "deepspeed_3")  # fsdp refuses virtual-token methods (compat)
+# The other methods, each on the engines that accept it (compat), against one process too:
+# frozen blocks (freeze), vectors inside blocks (ia3, llama_adapter), virtual tokens (prefix).
+EXTRA_METHODS = {
+    "prefix": {"method.num_virtual_tokens": 4},
+    "freeze": {"method.train_top_layers": 1},
+    "ia3": {},
+    "llama_adapter": {},
+}
+EXTRA_CELLS = [
+    ("deepspeed_2", "prefix"),
+    ("deepspeed_3", "prefix"),  # fsdp refuses virtual-token methods (compat)
+    *[
+        (s, m)
+        for s in ("fsdp_full_shard", "deepspeed_3")
+        for m in ("freeze", "ia3", "llama_adapter")
+    ],
+]
 
 
 def wide_targets(tmp: Path) -> Path:

@@ -31,7 +31,7 @@ from launches import (
 pytestmark = pytest.mark.distributed
 CELLS = [
     *[(s, m) for s in EQUIVALENCE for m in METHODS],
-    *[(s, m) for s in EXTRA_CELLS for m in EXTRA_METHODS],
+    *EXTRA_CELLS,
     ("fsdp_rank0_init", "full"),
 ]
 TOLERANCE = 1e-5

@@ -249,7 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party_noise() -> None:
+    """Silence warnings a user can do nothing about.
+
+    bitsandbytes warns at import on CPUs with bf16 support that its optional fast 4-bit kernel
+    (fetched from the hub) is missing; it then uses its built-in kernel, which is correct.
+    """
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party_noise()
     parser = build_parser()
     # Overrides may come after options (`train r.yaml --overwrite train.lr=1e-4`): argparse
     # leaves such key=value words unparsed, so they are added to the overrides here.

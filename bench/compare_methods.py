@@ -37,6 +37,8 @@ from _harness import (  # noqa: E402
 
 BASE_MODEL = SHARED_DATA / "stories260K"
 TASK = REPO / "examples" / "tiny" / "numbers"
+# Methods that need a choice to run at all get a middle-of-the-road one (stories260K has 5 blocks).
+METHOD_OPTIONS = {"freeze": ["method.train_top_layers=2"]}
 
 
 def overrides(method: str, steps: int, eval_every: int, out_dir: str) -> list[str]:
@@ -48,6 +50,7 @@ def overrides(method: str, steps: int, eval_every: int, out_dir: str) -> list[st
         "data.input_format='Spell __input__ in words:'",
         "data.output_format=' __output__'",
         f"method.name={method}",
+        *METHOD_OPTIONS.get(method, []),
         f"train.max_steps={steps}",
         "train.batch_size=16",
         "train.warmup_steps=5",

@@ -1,8 +1,11 @@
 """Training throughput: tunesmith against Hugging Face Trainer, TRL SFTTrainer and a plain loop.
 
-    python bench/throughput.py            # full run (~10-15 min on 2 busy cores)
-    python bench/throughput.py --quick    # smoke run: tiny model, a few steps (~2 min)
-    python bench/throughput.py --systems tunesmith-fp32,hf-trainer-fp32
+    python bench/throughput.py            # full run: 9 systems, ~8 min on 2 idle cores
+    python bench/throughput.py --quick    # smoke run: tiny model, a few steps (~2-3 min idle)
+    python bench/throughput.py --systems tunesmith-fp32,hf-trainer-fp32 --steps 8 --batch-size 2
+
+Most of a quick run is starting 9 interpreters (transformers, TRL); at load 8 on 2 cores every
+figure above grows 3-5x.
 
 Every system trains the same model (a Llama built from a config, same seed so the same initial
 weights) on the same data (Alpaca demo, cut to `cutoff_len` tokens), with the same batch size,

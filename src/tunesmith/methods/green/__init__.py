@@ -25,6 +25,7 @@ Each selection logs one line, e.g.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,8 @@ class Green:
 
     def _due(self, ctx: StepContext) -> bool:
         every = self.options.select_every
-        if self.options.select_unit == "step":
-            return ctx.step % every == 0
+        if self.options.select_unit == "step":  # mask None: a resumed run selects at once
+            return self.mask is None or ctx.step % every == 0
         new_epoch = ctx.epoch != self._epoch_seen
         self._epoch_seen = ctx.epoch
         return self.mask is None or (new_epoch and ctx.epoch % every == 0)
@@ -181,7 +182,7 @@ class Green:
             raise UserError(
                 f"method.rho={self.options.rho:g} leaves no tensor trainable for this model "
                 f"(rho_min={self.profile.rho_min:.3f}, the cheapest tensor needs {needed:.3f})",
-                f"use method.rho >= {needed:.3f}",
+                f"use method.rho >= {math.ceil(needed * 1000) / 1000:.3f}",  # rounded up
             )
         ctx.log(f"green: {self.profile.describe()}; budget rho={self.options.rho:g}")
 

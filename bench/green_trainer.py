@@ -1,7 +1,8 @@
 """Green Trainer against full fine-tuning and LoRA: step time, planned FLOPs, validation loss.
 
     python bench/green_trainer.py            # both models, ~25 min on 2 busy cores
-    python bench/green_trainer.py --quick    # smoke run: a tiny Llama, 6 steps (~3 min busy)
+    python bench/green_trainer.py --quick    # smoke run: a tiny Llama, 6 steps (~3 min busy);
+                                             # results in green_trainer_quick.{json,md}
     python bench/green_trainer.py --models llama-25m --variants full,green-0.5 --rounds 2
     python bench/green_trainer.py --render bench/results/green_trainer.json   # table only
 
@@ -529,7 +530,7 @@ def render(path: Path) -> None:
     """Rebuild bench/results/green_trainer.md (and the rows in the json) from a results json."""
     payload = json.loads(path.read_text())
     text = markdown_of(payload)
-    write_results("green_trainer", payload, text)
+    write_results(path.stem, payload, text)
     print(text)
 
 
@@ -570,7 +571,9 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup,
         "models": {},
     }
-    previous = RESULTS_DIR / "green_trainer.json"
+    # A smoke run must not replace the benchmark's results.
+    name = "green_trainer_quick" if args.quick else "green_trainer"
+    previous = RESULTS_DIR / f"{name}.json"
     if args.append and previous.exists():  # more rounds on top of an earlier invocation's
         payload = json.loads(previous.read_text())
         payload["commands"] = payload.get("commands") or [payload.pop("command")]
@@ -612,10 +615,10 @@ def main(argv: list[str] | None = None) -> None:
             "runs": runs,
         }
         print(section(model, payload["models"][model], args.warmup), flush=True)
-        write_results("green_trainer", payload, markdown_of(payload))  # survives a later stop
+        write_results(name, payload, markdown_of(payload))  # survives a later stop
     payload["load_average_end"] = load_average()
     payload["wall_s"] = payload.get("wall_s", 0) + time.perf_counter() - started
-    write_results("green_trainer", payload, markdown_of(payload))
+    write_results(name, payload, markdown_of(payload))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ class StepProbe:
             if probe._last_wall is None:
                 probe.start()
             ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None and kwargs.get("inputs_embeds") is not None:
+                ids = kwargs["inputs_embeds"][..., 0]  # prompt tuning feeds embeddings
             if ids is not None:
                 real, padded = count_tokens(
                     ids, kwargs.get("attention_mask"), kwargs.get("position_ids")

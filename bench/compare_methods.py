@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(r.get("error") or f"val loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}", flush=True)
     info["load_average_end"] = load_average()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    plotted = plot(results, RESULTS_DIR / "compare_methods.png", steps)
+    png = "compare_methods_quick.png" if args.quick else "compare_methods.png"
+    plotted = plot(results, RESULTS_DIR / png, steps)
     text = table(results)
     markdown = (
         "# Fine-tuning methods compared\n\n"
@@ -205,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} torch thread(s) per method, load average {info['load_average_1_5_15']} "
         f"at the start and {info['load_average_end']} at the end.\n\n"
         + text
-        + ("\n![validation loss against step](compare_methods.png)\n" if plotted else "")
+        + (f"\n![validation loss against step]({png})\n" if plotted else "")
         + "\nStep time is the median time between optimizer steps (evaluation steps are outliers "
         "the median ignores); on a model this small it is mostly fixed per-step overhead, so it "
         "says little about how the methods scale.\n"
     )
+    # A smoke run never replaces the full results.
     write_results(
-        "compare_methods",
+        "compare_methods_quick" if args.quick else "compare_methods",
         {"steps": steps, "eval_every": eval_every, "machine": info, "results": results},
         markdown,
     )

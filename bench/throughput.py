@@ -487,8 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         "processes share the cores. fwd / opt: median seconds per step in the model's forward "
         "and in optimizer.step().\n"
     )
+    # A smoke run never replaces the full results.
     write_results(
-        "throughput",
+        "throughput_quick" if args.quick else "throughput",
         {"spec": asdict(spec), "machine": info, "quick": args.quick, "results": results},
         markdown,
     )

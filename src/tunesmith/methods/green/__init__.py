@@ -106,6 +106,29 @@ class Green:
         self._epoch_seen: int | None = None
         self._planned_flops = 0.0
         self._full_flops = 0.0
+        self._shape: tuple[int, int, int] | None = None  # the profiled (batch, length, decoder)
+        self._restore_pending = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What exact resume needs: the mask in force, the profiled shape and the FLOPs tally.
+
+        Without it a resumed run would select again at its first step, mid-interval, and its
+        trajectory would leave the uninterrupted one's.
+        """
+        return {
+            "mask": None if self.mask is None else list(self.mask),
+            "shape": self._shape,
+            "epoch_seen": self._epoch_seen,
+            "planned_flops": self._planned_flops,
+            "full_flops": self._full_flops,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mask = None if state["mask"] is None else tuple(state["mask"])
+        self._shape = None if state["shape"] is None else tuple(state["shape"])
+        self._epoch_seen = state["epoch_seen"]
+        self._planned_flops, self._full_flops = state["planned_flops"], state["full_flops"]
+        self._restore_pending = self.mask is not None
 
     def apply(self, model: nn.Module, tokenizer: Any) -> nn.Module:
         # Everything is a candidate; the first selection runs before the first step.
@@ -127,6 +150,13 @@ class Green:
 
     def on_step(self, ctx: StepContext) -> bool:
         changed = False
+        if self._restore_pending:  # resumed: put the saved mask back instead of selecting anew
+            inner = unwrap(ctx.model)
+            self._profile_at(inner, *self._shape)
+            for (_, param), selected in zip(self._named(inner), self.mask, strict=True):
+                param.requires_grad_(selected)
+            self._mask_in_order = self._in_order(ctx)
+            self._restore_pending, changed = False, True
         if self._due(ctx):
             inner = unwrap(ctx.model)
             is_main = ctx.strategy.is_main
@@ -169,10 +199,7 @@ class Green:
             if getattr(model.config, "is_encoder_decoder", False):
                 shape[2] = batch["labels"].shape[1]
         batch_size, length, decoder_length = (int(v) for v in ctx.strategy.broadcast(shape))
-        self.profile = profile_flops(
-            model, batch_size, length, decoder_length if decoder_length else None
-        )
-        self.budget = backward_budget(self.options.rho, self.profile)
+        self._profile_at(model, batch_size, length, decoder_length)
         if not any(selectable(self.profile.t_dw, self.profile.t_dy, self.budget)):
             cheapest = min(
                 dw + sum(self.profile.t_dy[k:]) for k, dw in enumerate(self.profile.t_dw)
@@ -185,6 +212,11 @@ class Green:
                 f"use method.rho >= {math.ceil(needed * 1000) / 1000:.3f}",  # rounded up
             )
         ctx.log(f"green: {self.profile.describe()}; budget rho={self.options.rho:g}")
+
+    def _profile_at(self, model: nn.Module, batch_size: int, length: int, decoder: int) -> None:
+        self._shape = (batch_size, length, decoder)
+        self.profile = profile_flops(model, batch_size, length, decoder if decoder else None)
+        self.budget = backward_budget(self.options.rho, self.profile)
 
     def _decide(self, model: nn.Module, ctx: StepContext, batches: list[dict]) -> tuple[bool, ...]:
         """Rank 0 measures importance and runs the DP; every rank receives its mask."""

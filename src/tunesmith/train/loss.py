@@ -33,7 +33,9 @@ def token_loss(
         # Prompt tuning prepends virtual-token positions to the output; they carry no target.
         logits = logits[:, logits.shape[1] - labels.shape[1] :]
     if not encoder_decoder:
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        # Shift the labels left rather than slicing the logits: a slice of the (large) logits
+        # would be copied to reshape it, and its gradient zero-filled, every step.
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # cross-entropy over a large vocabulary needs fp32 accumulation
     loss_sum = F.cross_entropy(

@@ -13,8 +13,18 @@ from tunesmith.errors import UserError
 
 
 def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """torch AdamW; `foreach` keeps it fast on CPU and GPU alike."""
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    """torch AdamW, fused into one kernel where every parameter allows it.
+
+    The fused kernel made the optimizer step 5.9x cheaper than the default (foreach) on a 33M
+    model on CPU (bench/README.md); it needs plain floating-point tensors on CPU or CUDA, so
+    sharded DTensor parameters (FSDP2) keep the foreach implementation.
+    """
+    params = [p for group in groups for p in group["params"]]
+    fused = all(
+        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def build_adamw_8bit(

@@ -101,9 +101,7 @@ def fetch_model(cache_dir: Path = DEFAULT_CACHE, dtype: str = "float32") -> Path
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument(
-        "--gguf-only", action="store_true", help="stop after the GGUF file"
-    )
+    parser.add_argument("--gguf-only", action="store_true", help="stop after the GGUF file")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     path = fetch_gguf(args.cache_dir) if args.gguf_only else fetch_model(args.cache_dir)

@@ -1,6 +1,6 @@
 """Build the demo task from the Python standard library: function source -> docstring summary.
 
-    python examples/stdlib_docstrings.py data/stdlib [--max-input-chars 1200]
+    python examples/stdlib_docstrings.py data/stdlib [--max-input-chars 800]
 
 Every Python install carries thousands of documented functions, so the demo needs no download.
 For each public function and public method (of a public top-level class) that has a docstring,
@@ -56,6 +56,7 @@ SKIPPED_FILES = {"__hello__.py", "antigravity.py", "this.py", "__main__.py"}
 MIN_OUTPUT_CHARS = 20
 MAX_OUTPUT_CHARS = 160
 MIN_OUTPUT_WORDS = 4
+DEFAULT_MAX_INPUT_CHARS = 800  # about 230 SmolLM2 tokens; the demo cuts inputs at 256
 MIN_BODY_LINES = 2  # after the docstring is removed; a bare `pass` body teaches nothing
 
 # A period ends a sentence unless it closes one of these abbreviations.
@@ -78,14 +79,9 @@ def stdlib_files(stdlib_dir: Path) -> list[Path]:
         stdlib_dir.rglob("*.py"), key=lambda p: p.relative_to(stdlib_dir).as_posix()
     ):
         rel = path.relative_to(stdlib_dir)
-        if any(
-            part in SKIPPED_DIRS or part.startswith("config-")
-            for part in rel.parts[:-1]
-        ):
+        if any(part in SKIPPED_DIRS or part.startswith("config-") for part in rel.parts[:-1]):
             continue
-        if rel.name in SKIPPED_FILES or rel.name.startswith(
-            ("test_", "_sysconfigdata")
-        ):
+        if rel.name in SKIPPED_FILES or rel.name.startswith(("test_", "_sysconfigdata")):
             continue
         files.append(path)
     return files
@@ -114,15 +110,11 @@ def first_sentence(docstring: str) -> str | None:
         end = match.end()
         break
     if end is None:
-        return (
-            None  # no sentence end in the first paragraph: a fragment or a list header
-        )
+        return None  # no sentence end in the first paragraph: a fragment or a list header
     sentence = text[:end]
     if not sentence.isascii() or ">>>" in sentence or "->" in sentence:
         return None
-    if re.match(
-        r"^[\w.]+\(.*\)", sentence
-    ):  # an old-style signature line, not a summary
+    if re.match(r"^[\w.]+\(.*\)", sentence):  # an old-style signature line, not a summary
         return None
     if not (MIN_OUTPUT_CHARS <= len(sentence) <= MAX_OUTPUT_CHARS):
         return None
@@ -143,14 +135,9 @@ def source_without_docstring(lines: list[str], node: ast.AST) -> str | None:
         return None
     if node.body[1].lineno <= doc_node.end_lineno:  # `"""doc"""; x = 1` on one line
         return None
-    kept = (
-        lines[start - 1 : doc_node.lineno - 1]
-        + lines[doc_node.end_lineno : node.end_lineno]
-    )
+    kept = lines[start - 1 : doc_node.lineno - 1] + lines[doc_node.end_lineno : node.end_lineno]
     source = textwrap.dedent("".join(kept)).rstrip() + "\n"
-    body_lines = [
-        ln for ln in lines[doc_node.end_lineno : node.end_lineno] if ln.strip()
-    ]
+    body_lines = [ln for ln in lines[doc_node.end_lineno : node.end_lineno] if ln.strip()]
     if len(body_lines) < MIN_BODY_LINES:
         return None
     return source
@@ -168,9 +155,7 @@ def _documented_functions(tree: ast.Module):
                     yield f"{node.name}.{item.name}", item
 
 
-def examples_from_file(
-    stdlib_dir: Path, path: Path, max_input_chars: int
-) -> list[Example]:
+def examples_from_file(stdlib_dir: Path, path: Path) -> list[Example]:
     """All usable (source, first sentence) examples of one standard-library file."""
     text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
     try:
@@ -186,7 +171,7 @@ def examples_from_file(
             continue
         summary = first_sentence(docstring)
         source = source_without_docstring(lines, node) if summary else None
-        if source is None or len(source) > max_input_chars:
+        if source is None:
             continue
         examples.append(Example(input=source, output=summary, module=module, name=name))
     return examples
@@ -207,26 +192,26 @@ def split_of_units(sizes: dict[str, int], seed: int = SEED) -> dict[str, str]:
     targets = {name: fraction * total for name, fraction in SPLIT_FRACTIONS.items()}
     filled = dict.fromkeys(targets, 0)
     assignment = {}
-    for unit in sorted(
-        sizes, key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()
-    ):
-        split = next(
-            (s for s in targets if filled[s] + sizes[unit] <= targets[s]), "train"
-        )
+    for unit in sorted(sizes, key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()):
+        split = next((s for s in targets if filled[s] + sizes[unit] <= targets[s]), "train")
         filled[split] = filled.get(split, 0) + sizes[unit]
         assignment[unit] = split
     return assignment
 
 
 def build(
-    max_input_chars: int, stdlib_dir: Path | None = None
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS, stdlib_dir: Path | None = None
 ) -> dict[str, list[Example]]:
-    """Build the three splits from the running interpreter's standard library."""
+    """Build the three splits from the running interpreter's standard library.
+
+    Splits are assigned before the length filter, so `max_input_chars` changes which functions
+    are kept but never moves a package to another split.
+    """
     stdlib_dir = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
     seen_inputs = set()
     examples = []
     for path in stdlib_files(stdlib_dir):
-        for example in examples_from_file(stdlib_dir, path, max_input_chars):
+        for example in examples_from_file(stdlib_dir, path):
             if example.input in seen_inputs:  # identical code in two places would leak
                 continue
             seen_inputs.add(example.input)
@@ -236,7 +221,8 @@ def build(
     assignment = split_of_units(dict(sizes))
     splits = {"train": [], "validation": [], "test": []}
     for example in examples:
-        splits[assignment[example.module.split(".")[0]]].append(example)
+        if len(example.input) <= max_input_chars:
+            splits[assignment[example.module.split(".")[0]]].append(example)
     for name, records in splits.items():
         # Shuffled so that the first N test records sample many modules, not one.
         random.Random(f"{SEED}:{name}").shuffle(records)
@@ -249,20 +235,17 @@ def write(splits: dict[str, list[Example]], out_dir: Path) -> None:
     for name, records in splits.items():
         with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") as f:
             f.writelines(
-                json.dumps(asdict(record), ensure_ascii=False) + "\n"
-                for record in records
+                json.dumps(asdict(record), ensure_ascii=False) + "\n" for record in records
             )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "out_dir", type=Path, help="folder for train/validation/test.jsonl"
-    )
+    parser.add_argument("out_dir", type=Path, help="folder for train/validation/test.jsonl")
     parser.add_argument(
         "--max-input-chars",
         type=int,
-        default=1200,
+        default=DEFAULT_MAX_INPUT_CHARS,
         help="drop functions whose source (without docstring) is longer than this",
     )
     args = parser.parse_args(argv)
@@ -270,9 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     write(splits, args.out_dir)
     version = ".".join(map(str, sys.version_info[:3]))
     counts = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
-    modules = {
-        name: len({r.module for r in records}) for name, records in splits.items()
-    }
+    modules = {name: len({r.module for r in records}) for name, records in splits.items()}
     print(f"stdlib of Python {version}: {counts} examples; modules per split {modules}")
 
 

@@ -43,9 +43,7 @@ def _rouge_scorer(rouge_type: str):
 
 def _rouge(rouge_type: str) -> Metric:
     def metric(prediction: str, reference: str) -> float:
-        return (
-            _rouge_scorer(rouge_type).score(reference, prediction)[rouge_type].fmeasure
-        )
+        return _rouge_scorer(rouge_type).score(reference, prediction)[rouge_type].fmeasure
 
     metric.__name__ = rouge_type
     metric.__doc__ = f"{rouge_type} F-measure with stemming, in [0, 1]."
@@ -97,11 +95,7 @@ def get_metric(name: str) -> Metric:
     if name in METRICS:
         return METRICS[name]
     close = difflib.get_close_matches(name, METRICS, n=1)
-    hint = (
-        f"did you mean {close[0]!r}?"
-        if close
-        else f"known metrics: {', '.join(METRICS)}"
-    )
+    hint = f"did you mean {close[0]!r}?" if close else f"known metrics: {', '.join(METRICS)}"
     raise UserError(f"unknown metric {name!r}", hint=hint)
 
 
@@ -123,9 +117,7 @@ def score(
         ValueError: predictions and references differ in length, or there are none.
     """
     if len(predictions) != len(references):
-        raise ValueError(
-            f"{len(predictions)} predictions but {len(references)} references"
-        )
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         raise ValueError("no predictions to score")
     metrics = {name: get_metric(name) for name in metric_names}

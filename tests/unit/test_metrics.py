@@ -43,15 +43,11 @@ def test_mean_over_examples():
 
 def test_rouge_uses_stemming():
     # "Returns"/"returning" stem to "return"; without a stemmer rouge1 would be 1/2.
-    assert score(["rouge1"], ["Returns values"], ["returning values"])[
-        "rouge1"
-    ] == pytest.approx(1)
+    assert score(["rouge1"], ["Returns values"], ["returning values"])["rouge1"] == pytest.approx(1)
 
 
 def test_multiple_references_take_the_best_match():
-    result = score(
-        ["exact_match", "rougeL"], ["close the file"], [["open it", "close the file"]]
-    )
+    result = score(["exact_match", "rougeL"], ["close the file"], [["open it", "close the file"]])
     assert result == {"exact_match": 1.0, "rougeL": pytest.approx(1.0)}
 
 

@@ -90,7 +90,11 @@ def load_base_from_record(
     auto = AutoModelForSeq2SeqLM if record.get("encoder_decoder") else AutoModelForCausalLM
     kwargs = {"trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.gguf_file:
+        from transformers import GgufConfig
+
+        # Plain tensors, so a merged export of an adapter on this base can be saved.
         kwargs["gguf_file"] = model_cfg.gguf_file
+        kwargs["quantization_config"] = GgufConfig(gguf_file=model_cfg.gguf_file, dequantize=True)
     model = auto.from_pretrained(model_cfg.name, dtype=dtype, **kwargs)
     return model, model_cfg, bool(record.get("encoder_decoder"))
 

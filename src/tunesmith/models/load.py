@@ -132,6 +132,14 @@ def load_model(
         torch.set_default_dtype(torch_default)
     else:
         kwargs = _source_kwargs(model_cfg)
+        if model_cfg.gguf_file:
+            # Dequantized to plain tensors: without this transformers 5 keeps its GGUF quantizer
+            # on the model, which then refuses to train or to save.
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(
+                gguf_file=model_cfg.gguf_file, dequantize=True
+            )
         if model_cfg.quantization != "none":
             from tunesmith.models.quantize import quantization_kwargs
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,24 @@ class Tracker:
         for backend in self._backends:
             backend.log(step, row)
 
+    def continue_from(self, step: int) -> None:
+        """After a resume from `step`: drop the rows the interrupted run logged after its checkpoint.
+
+        Those steps are trained again, so without this metrics.jsonl and the plot would hold them
+        twice. The rows up to `step` are kept (and plotted with the new ones); a line cut short by
+        the kill is dropped. The file is replaced atomically.
+        """
+        if not self.is_main:
+            return
+        path = self.output_dir / "metrics.jsonl"
+        self._file.close()
+        kept = [row for row in _read_rows(path) if row.get("step", 0) <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self.rows = kept + self.rows
+        self._file = path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         if not self.is_main:
             return
@@ -59,6 +78,16 @@ class Tracker:
             backend.close()
         if self.plot:
             plot_losses(self.rows, self.output_dir / "loss.png")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+    return rows
 
 
 def _plain(value: Any) -> Any:

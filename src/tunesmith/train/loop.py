@@ -169,6 +169,8 @@ def _run(
     )
     # Weights, optimizer, schedule, data position and RNG: after everything that draws randoms.
     resumed_from = checkpoints.resume(model)
+    if resumed_from is not None:
+        tracker.continue_from(resumed_from)
     if cfg.train.compile:
         model = torch.compile(model)
     model.train()

@@ -6,20 +6,30 @@ A dataset entry names a path (file, glob, folder or zip) or a hub dataset. Reade
 split (seed 003: `train/ val/ test/`, or files named `train.json`, `validation.json`, ...) gives
 each split its own files, all files of a split concatenated. Every record carries `_source`
 ("file:line") so any later error can point at it.
+
+Files are streamed through `datasets` (its `text` builder for line-based forms, its `parquet`
+builder for parquet; zip members as `zip://` URLs, never extracted), so reading a file takes memory
+in proportion to a chunk, not to the file. Records are parsed here, line by line, with Python's
+json and csv modules: values stay exactly as written (no column type inference or null filling)
+and every error names its file:line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import dataclasses
 import glob
+import hashlib
 import io
+import itertools
 import json
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from tunesmith.config import DataConfig
 from tunesmith.errors import UserError
@@ -138,16 +148,32 @@ def entry_settings(data_cfg: DataConfig) -> dict[str, Any]:
 
 @dataclass
 class DataFile:
-    """A data file on disk or inside a zip; `label` names it in messages."""
+    """A data file on disk or inside a zip.
+
+    `label` names it in messages; `url` is what `datasets` opens (a local path, or
+    `zip://<member>::<archive>`); `open_binary` opens the same bytes for hashing and for locating
+    an error. `partners` are the X.ref0..N files read alongside an X.src file.
+    """
 
     label: str
     suffix: str
-    read_bytes: Callable[[], bytes]
-    partner_labels: tuple[str, ...] = ()
+    url: str
+    open_binary: Callable[[], BinaryIO]
+    partners: tuple[DataFile, ...] = ()
+
+    def read_bytes(self) -> bytes:
+        """The whole file (only for forms that cannot stream: a JSON array)."""
+        with self.open_binary() as stream:
+            return stream.read()
 
 
 def _disk_file(path: Path) -> DataFile:
-    return DataFile(str(path), path.suffix.lower(), path.read_bytes)
+    return DataFile(
+        str(path),
+        path.suffix.lower(),
+        str(path.resolve()),
+        lambda: open(path, "rb"),  # noqa: SIM115
+    )
 
 
 def _is_data_file(name: str) -> bool:
@@ -170,7 +196,8 @@ def _zip_tree(path: Path) -> dict[str, DataFile]:
         tree[inner] = DataFile(
             f"{path}:{name}",
             PurePosixPath(name).suffix.lower(),
-            lambda name=name: archive.read(name),
+            f"zip://{name}::{path.resolve()}",  # datasets streams the member; nothing is extracted
+            lambda name=name: archive.open(name),
         )
     return tree
 
@@ -237,7 +264,7 @@ def split_files(path: str, split: str | None = "train") -> list[DataFile]:
             files = [tree[n] for n in members]
         else:
             files = [tree[n] for n in sorted(tree)]
-    elif any(ch in path for ch in "*?["):
+    elif glob.has_magic(path):
         files = [
             _disk_file(Path(p)) for p in sorted(glob.glob(str(candidate))) if Path(p).is_file()
         ]
@@ -267,10 +294,8 @@ def _pair_line_aligned(files: list[DataFile]) -> list[DataFile]:
             if f.label.endswith(".spellchecked.src"):
                 continue
             stem = f.label[: -len(".src")]
-            refs = tuple(
-                labels[f"{stem}.ref{i}"].label for i in range(10) if f"{stem}.ref{i}" in labels
-            )
-            out.append(DataFile(f.label, ".src", f.read_bytes, refs))
+            refs = tuple(labels[f"{stem}.ref{i}"] for i in range(10) if f"{stem}.ref{i}" in labels)
+            out.append(dataclasses.replace(f, partners=refs))
         elif re.search(r"\.ref\d+$", f.label):
             continue
         else:
@@ -287,64 +312,171 @@ def read_records(path: str, split: str | None = "train") -> list[dict[str, Any]]
     Raises:
         UserError: malformed line (file:line), non-UTF-8 file, no files, a split with no records.
     """
-    records: list[dict[str, Any]] = []
+    return list(iter_records(path, split))
+
+
+def iter_records(path: str, split: str | None = "train") -> Iterator[dict[str, Any]]:
+    """The records of `read_records`, one at a time, streamed from the files (bounded memory).
+
+    Raises (while iterating):
+        UserError: as `read_records`.
+    """
+    count = 0
     for file in split_files(path, split):
-        records.extend(read_file(file))
-    if not records:
+        for record in read_file(file):
+            count += 1
+            yield record
+    if not count:
         where = f"{path} ({split} split)" if split and has_split(path, split) else path
         raise UserError(f"{where}: the split is empty (no records)", "add data or remove the entry")
-    return records
 
 
-def read_entry(entry: DatasetEntry) -> list[dict[str, Any]]:
-    """The records of one dataset entry: its files, or its hub dataset when it names one."""
+def read_entry(entry: DatasetEntry) -> Iterator[dict[str, Any]]:
+    """The records of one dataset entry, streamed: its files, or its hub dataset."""
     if entry.path:
-        return read_records(entry.path, entry.split)
+        return iter_records(entry.path, entry.split)
     return read_hub(entry)
 
 
-def read_hub(entry: DatasetEntry) -> list[dict[str, Any]]:
-    """A hub dataset's split through `datasets` (which caches it); needs network on first use."""
-    try:
-        import datasets
+def read_hub(entry: DatasetEntry) -> Iterator[dict[str, Any]]:
+    """A hub dataset's split (`entry.split`: any split `datasets` knows, e.g. "validation" or
+    "train[:1000]") through `datasets`, which downloads it once and keeps it as memory-mapped
+    Arrow. `entry.hub` may also be a local folder laid out like a hub dataset repo (data files and
+    a README.md whose YAML lists the configs). Needs network on first use of a remote name.
 
-        split = {"validation": "validation", "test": "test"}.get(entry.split, "train")
-        rows = datasets.load_dataset(entry.hub, entry.hub_config, split=split)
+    Raises:
+        UserError: the dataset, config or split cannot be loaded, or the split is empty.
+    """
+    config = f" (config {entry.hub_config!r})" if entry.hub_config else ""
+    try:
+        rows = _datasets().load_dataset(entry.hub, entry.hub_config, split=entry.split)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's to fix
         raise UserError(
-            f"hub dataset {entry.hub!r}: cannot load ({str(exc).splitlines()[0][:200]})",
-            "check the name and network, or give a local `path`",
+            f"hub dataset {entry.hub!r}{config}, split {entry.split!r}: cannot load "
+            f"({_brief(exc)})",
+            "check the name, config, split and network, or give a local `path`",
         ) from None
-    return [{**row, "_source": f"hub:{entry.hub}[{i}]"} for i, row in enumerate(rows)]
-
-
-def _text(file: DataFile, data: bytes | None = None) -> str:
-    data = file.read_bytes() if data is None else data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+    if len(rows) == 0:
         raise UserError(
-            f"{file.label}:{line}: not UTF-8 (byte {exc.start})", "convert the file to UTF-8"
-        ) from None
+            f"hub dataset {entry.hub!r}{config}, split {entry.split!r}: the split is empty",
+            "pick another split or remove the entry",
+        )
+    index = 0
+    for batch in rows.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
+        for row in batch.to_pylist():
+            yield {**row, "_source": f"hub:{entry.hub}[{index}]"}
+            index += 1
 
 
-def read_file(file: DataFile) -> list[dict[str, Any]]:
-    """Records of one file, by its suffix."""
+def read_file(file: DataFile) -> Iterator[dict[str, Any]]:
+    """Records of one file, by its suffix, streamed."""
     reader = READERS.get(file.suffix, _read_json)
     return reader(file)
 
 
-def _read_json(file: DataFile) -> list[dict[str, Any]]:
-    text = _text(file)
-    if file.suffix == ".json" and text.lstrip().startswith("["):
+# How much `datasets` reads at a time: memory while reading a file stays O(chunk), not O(file).
+STREAM_CHUNK_BYTES = 1 << 20
+STREAM_BATCH_ROWS = 1024
+
+
+def _datasets() -> Any:
+    import datasets
+
+    return datasets
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's message on one line, shortened."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def line_stream(file: DataFile, keep_linebreaks: bool = False) -> Any:
+    """A `datasets.IterableDataset` of the file's lines (column "text"), read lazily in chunks of
+    STREAM_CHUNK_BYTES: the source of every line-based reader here."""
+    return _datasets().load_dataset(
+        "text",
+        data_files=[file.url],
+        split="train",
+        streaming=True,
+        encoding="utf-8-sig",
+        chunksize=STREAM_CHUNK_BYTES,
+        keep_linebreaks=keep_linebreaks,
+    )
+
+
+def _lines(file: DataFile, keep_linebreaks: bool = False) -> Iterator[str]:
+    """The file's lines in order, streamed in chunks by `datasets`' text builder (universal
+    newlines, a leading UTF-8 BOM dropped). Line k of the file is the k-th item.
+
+    Raises:
+        UserError: file:line of the first byte that is not UTF-8; any other read failure.
+    """
+    try:
+        if glob.has_magic(file.url):  # datasets would take the name for a pattern
+            with file.open_binary() as raw:
+                for line in io.TextIOWrapper(raw, encoding="utf-8-sig"):
+                    yield line if keep_linebreaks else line.rstrip("\n")
+            return
+        stream = line_stream(file, keep_linebreaks)
+        for batch in stream.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
+            yield from batch.column(0).to_pylist()
+    except UnicodeDecodeError:
+        raise _not_utf8(file) from None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file that cannot be read is the user's to fix
+        raise UserError(f"{file.label}: cannot read ({_brief(exc)})") from None
+
+
+def _not_utf8(file: DataFile) -> UserError:
+    """Re-scan a file `datasets` could not decode for the line and byte of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with file.open_binary() as raw:
+        while True:
+            chunk = raw.read(STREAM_CHUNK_BYTES)
+            pending = decoder.getstate()[0]  # an unfinished character carried over
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                line += data[: exc.start].count(b"\n")
+                return UserError(
+                    f"{file.label}:{line}: not UTF-8 (byte {offset - len(pending) + exc.start})",
+                    "convert the file to UTF-8",
+                )
+            if not chunk:
+                break
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+    return UserError(f"{file.label}: not UTF-8", "convert the file to UTF-8")
+
+
+def _text(file: DataFile) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(file) from None
+
+
+def _starts_with_array(file: DataFile) -> bool:
+    with file.open_binary() as raw:
+        head = raw.read(4096)
+    return head.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"[")
+
+
+def _read_json(file: DataFile) -> Iterator[dict[str, Any]]:
+    """JSON lines, streamed; or (`.json` only) one JSON array, which is read whole."""
+    if file.suffix == ".json" and _starts_with_array(file):
         try:
-            rows = json.loads(text)
+            rows = json.loads(_text(file))
         except json.JSONDecodeError as exc:
             raise UserError(f"{file.label}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        return [_as_record(row, f"{file.label}[{i}]") for i, row in enumerate(rows)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+        for i, row in enumerate(rows):
+            yield _as_record(row, f"{file.label}[{i}]")
+        return
+    for number, line in enumerate(_lines(file), start=1):
         if not line.strip():
             continue
         try:
@@ -354,13 +486,13 @@ def _read_json(file: DataFile) -> list[dict[str, Any]]:
                 f"{file.label}:{number}: invalid JSON line: {exc.msg}",
                 "each line must be one JSON object",
             ) from None
-        records.append(_as_record(row, f"{file.label}:{number}"))
-    return records
+        yield _as_record(row, f"{file.label}:{number}")
 
 
-def _read_csv(file: DataFile) -> list[dict[str, Any]]:
-    reader = csv.DictReader(io.StringIO(_text(file), newline=""))
-    records = []
+def _read_csv(file: DataFile) -> Iterator[dict[str, Any]]:
+    """CSV with a header row; every value a string, as written. `_source` is the line where the
+    record ends (a quoted value may span lines)."""
+    reader = csv.DictReader(_lines(file, keep_linebreaks=True))
     try:
         for row in reader:
             if None in row:
@@ -368,67 +500,60 @@ def _read_csv(file: DataFile) -> list[dict[str, Any]]:
                     f"{file.label}:{reader.line_num}: more values than the header has columns",
                     "quote fields that contain commas",
                 )
-            records.append({**row, "_source": f"{file.label}:{reader.line_num}"})
+            yield {**row, "_source": f"{file.label}:{reader.line_num}"}
     except csv.Error as exc:
         raise UserError(f"{file.label}:{reader.line_num}: invalid CSV: {exc}") from None
-    return records
 
 
-def _read_parquet(file: DataFile) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
+def _read_parquet(file: DataFile) -> Iterator[dict[str, Any]]:
+    """Parquet rows, streamed batch by batch by `datasets`' parquet builder."""
+    index = 0
     try:
-        table = pq.read_table(io.BytesIO(file.read_bytes()))
+        stream = _datasets().load_dataset(
+            "parquet", data_files=[file.url], split="train", streaming=True
+        )
+        for batch in stream.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield {**row, "_source": f"{file.label}[{index}]"}
+                index += 1
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
-        raise UserError(f"{file.label}: not a readable parquet file ({exc})") from None
-    return [{**row, "_source": f"{file.label}[{i}]"} for i, row in enumerate(table.to_pylist())]
+        raise UserError(f"{file.label}: not a readable parquet file ({_brief(exc)})") from None
 
 
-def _read_text(file: DataFile) -> list[dict[str, Any]]:
+def _read_text(file: DataFile) -> Iterator[dict[str, Any]]:
     """Plain text: one record per paragraph (blank-line separated), for continued pre-training."""
-    records, lines, start = [], [], 1
-    for number, line in enumerate(_text(file).splitlines() + [""], start=1):
+    lines: list[str] = []
+    start = 1
+    for number, line in enumerate(itertools.chain(_lines(file), [""]), start=1):
         if line.strip():
             if not lines:
                 start = number
             lines.append(line)
         elif lines:
-            records.append({"text": "\n".join(lines), "_source": f"{file.label}:{start}"})
+            yield {"text": "\n".join(lines), "_source": f"{file.label}:{start}"}
             lines = []
-    return records
 
 
-def _read_line_aligned(file: DataFile) -> list[dict[str, Any]]:
+def _read_line_aligned(file: DataFile) -> Iterator[dict[str, Any]]:
     """`X.src` with `X.ref0..N` (JFLEG): input, target (= ref0) and all references."""
-    sources = _text(file).splitlines()
-    partners = [
-        _text(file, _partner_bytes(file, label)).splitlines() for label in file.partner_labels
-    ]
-    for label, refs in zip(file.partner_labels, partners):
-        if len(refs) != len(sources):
+    streams = [_lines(f) for f in (file, *file.partners)]
+    for i, lines in enumerate(itertools.zip_longest(*streams)):
+        if None in lines:
+            counts = [i + (line is not None) + sum(1 for _ in s) for line, s in zip(lines, streams)]
+            short = next(k for k, n in enumerate(counts) if n != counts[0])
             raise UserError(
-                f"{label}: {len(refs)} lines, but {file.label} has {len(sources)}",
+                f"{file.partners[short - 1].label}: {counts[short]} lines, "
+                f"but {file.label} has {counts[0]}",
                 "line-aligned files must have the same number of lines",
             )
-    records = []
-    for i, line in enumerate(sources):
-        refs = [p[i].strip() for p in partners]
-        record = {"input": line.strip(), "_source": f"{file.label}:{i + 1}"}
+        source, *refs = (line.strip() for line in lines)
+        record = {"input": source, "_source": f"{file.label}:{i + 1}"}
         if refs:
             record.update(target=refs[0], references=refs)
-        records.append(record)
-    return records
+        yield record
 
 
-def _partner_bytes(file: DataFile, label: str) -> bytes:
-    if ".zip:" in label:
-        archive, _, name = label.partition(".zip:")
-        with zipfile.ZipFile(archive + ".zip") as z:
-            return z.read(name)
-    return Path(label).read_bytes()
-
-
-READERS: dict[str, Callable[[DataFile], list[dict[str, Any]]]] = {
+READERS: dict[str, Callable[[DataFile], Iterator[dict[str, Any]]]] = {
     ".jsonl": _read_json,
     ".json": _read_json,
     ".csv": _read_csv,
@@ -445,16 +570,30 @@ def _as_record(row: Any, where: str) -> dict[str, Any]:
 
 
 def content_fingerprint(entry: DatasetEntry) -> str:
-    """A hash of the bytes of every file the entry reads (hub entries: name, config, split)."""
-    import hashlib
-
+    """A hash of the bytes of every file the entry reads, read in chunks (a hub entry: its name,
+    config and split, plus the files when it is a local folder)."""
     digest = hashlib.sha256()
     if not entry.path:
         digest.update(f"hub:{entry.hub}:{entry.hub_config}:{entry.split}".encode())
+        folder = Path(str(entry.hub)).expanduser()
+        if folder.is_dir():
+            for path in sorted(
+                p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts
+            ):
+                digest.update(str(path.relative_to(folder)).encode())
+                digest.update(_file_digest(_disk_file(path)))
         return digest.hexdigest()
     for file in split_files(entry.path, entry.split):
         digest.update(file.label.encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-        for label in file.partner_labels:
-            digest.update(hashlib.sha256(_partner_bytes(file, label)).digest())
+        digest.update(_file_digest(file))
+        for partner in file.partners:
+            digest.update(_file_digest(partner))
     return digest.hexdigest()
+
+
+def _file_digest(file: DataFile) -> bytes:
+    digest = hashlib.sha256()
+    with file.open_binary() as stream:
+        while chunk := stream.read(STREAM_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.digest()

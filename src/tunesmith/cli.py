@@ -86,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tunesmith.generate import (
         GenerationSettings,
         entry_from_record,
+        prompt_limits,
         read_run_record,
         resolve_model_dir,
     )
@@ -98,9 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     predictions = Path(args.predictions) if args.predictions else None
-    results = task_metrics(
-        model_dir, examples, names, settings, entry.max_input_tokens, predictions
-    )
+    results = task_metrics(model_dir, examples, names, settings, prompt_limits(entry), predictions)
     if not results:
         print("no examples with an output to score", file=sys.stderr)
         return 2

@@ -16,7 +16,14 @@ from torch import nn
 
 from tunesmith.data.formats import Example
 from tunesmith.data.loader import DataBundle
-from tunesmith.generate import GenerationSettings, generate_texts, load_for_inference
+from tunesmith.generate import (
+    GenerationSettings,
+    PromptLimits,
+    PromptStats,
+    generate_texts,
+    load_for_inference,
+    prompt_limits,
+)
 from tunesmith.metrics import score
 from tunesmith.train.loss import token_loss
 
@@ -51,25 +58,29 @@ def task_metrics(
     examples: list[Example],
     names: list[str],
     settings: GenerationSettings,
-    max_input_tokens: int | None = None,
+    limits: PromptLimits | int | None = None,
     predictions_path: Path | None = None,
 ) -> dict[str, float]:
     """Generate for `examples` with a saved model and score against their answers.
 
-    Runs on one process from the saved final/ folder, so it works the same after any strategy.
-    Examples without an answer are skipped. Returns {metric: mean in [0, 1]} plus `n_examples`.
+    Prompts are cut as training cut them (`limits`: the entry's max_input_tokens and truncation
+    side; an int is a max_input_tokens cut on the right). Runs on one process from the saved
+    final/ folder, so it works the same after any strategy. Examples without an answer are
+    skipped. Returns {metric: mean in [0, 1]} plus `n_examples` and `n_truncated` (prompts cut).
     """
     scored = [ex for ex in examples if ex.answer is not None]
     if not scored or not names:
         return {}
     loaded = load_for_inference(model_dir)
+    stats = PromptStats()
     predictions = generate_texts(
         loaded.model,
         loaded.tokenizer,
         scored,
         loaded.encoder_decoder,
         settings,
-        max_input_tokens,
+        limits,
+        stats=stats,
     )
     references = [ex.answer.strip() for ex in scored]
     results = score(names, predictions, references)
@@ -78,16 +89,24 @@ def task_metrics(
             for ex, pred in zip(scored, predictions):
                 row = {"prompt": ex.prompt, "reference": ex.answer, "generated_text": pred}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {**results, "n_examples": len(scored)}
+    return {**results, "n_examples": len(scored), "n_truncated": stats.truncated}
 
 
 def metrics_after_training(
     cfg: Any, final_dir: Path, test_examples: list[Example]
 ) -> dict[str, float]:
-    """`eval.metrics` on the test split (or validation) with the run's final model, on rank 0."""
-    from tunesmith.data.loader import load_examples
+    """`eval.metrics` on the test split (or validation) with the run's final model, on rank 0.
 
-    examples = test_examples or load_examples(cfg, "validation")
+    Prompts are cut with the limits of that split's first dataset entry (presets resolved; a
+    held-out validation share uses the first training entry's), as training cut them.
+    """
+    from tunesmith.data.loader import load_examples
+    from tunesmith.data.sources import dataset_entries
+
+    split = "test" if test_examples else "validation"
+    examples = test_examples or load_examples(cfg, split)
+    entries = dataset_entries(cfg.data, split) or dataset_entries(cfg.data, "train")
+    limits = prompt_limits(entries[0] if entries else cfg.data)
     if cfg.eval.metrics_examples is not None:
         examples = examples[: cfg.eval.metrics_examples]
     settings = GenerationSettings(
@@ -100,6 +119,6 @@ def metrics_after_training(
         examples,
         list(cfg.eval.metrics),
         settings,
-        cfg.data.max_input_tokens,
+        limits,
         predictions_path=final_dir.parent / "predictions.jsonl",
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,31 @@ class GenerationSettings:
     num_beams: int = 1
     repetition_penalty: float = 1.0
     batch_size: int = 8
+
+
+@dataclass
+class PromptLimits:
+    """How prompts are cut before generation: the training entry's `max_input_tokens` and
+    `truncation_side` (right keeps the start of the input, left its end)."""
+
+    max_input_tokens: int | None = None
+    truncation_side: str = "right"
+
+
+@dataclass
+class PromptStats:
+    """Prompts encoded and how many of them were cut (reported like the data path's counts)."""
+
+    prompts: int = 0
+    truncated: int = 0
+
+    def describe(self, limits: PromptLimits) -> str:
+        """One line: how many prompts were cut, to what and on which side."""
+        line = f"{self.truncated} of {self.prompts} prompts truncated"
+        if limits.max_input_tokens is not None:
+            kept = "end" if limits.truncation_side == "left" else "start"
+            line += f" to max_input_tokens={limits.max_input_tokens} (input {kept} kept)"
+        return line
 
 
 @dataclass
@@ -171,10 +198,34 @@ def load_extra_adapter(model: Any, record: dict[str, Any], name: str, folder: st
 
 def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
     """A dataset entry for `path` (its test split when it is a split folder or zip) that applies
-    the templates, presets and input limit the run was trained with."""
+    the templates, presets, input limit and truncation side the run was trained with."""
     data = record.get("data") or {}
     known = {f.name for f in dataclasses.fields(DatasetEntry)} - {"path", "split"}
     return DatasetEntry(path=path, split="test", **{k: v for k, v in data.items() if k in known})
+
+
+def prompt_limits(entry: Any) -> PromptLimits:
+    """The prompt limits of a dataset entry (or anything with the same two fields)."""
+    return PromptLimits(
+        getattr(entry, "max_input_tokens", None), getattr(entry, "truncation_side", "right")
+    )
+
+
+def encode_prompts(
+    tokenizer: Any, examples: list[Example], limits: PromptLimits, stats: PromptStats | None = None
+) -> list[list[int]]:
+    """Prompt ids of each example, cut exactly as training cuts them (inside the template, on the
+    configured side); counts into `stats`."""
+    out = []
+    for example in examples:
+        ids, cut = encode_prompt(
+            tokenizer, example, limits.max_input_tokens, limits.truncation_side
+        )
+        out.append(ids)
+        if stats is not None:
+            stats.prompts += 1
+            stats.truncated += cut
+    return out
 
 
 @torch.no_grad()
@@ -184,16 +235,23 @@ def generate_texts(
     examples: list[Example],
     encoder_decoder: bool,
     settings: GenerationSettings,
-    max_input_tokens: int | None = None,
+    limits: PromptLimits | int | None = None,
     progress: bool = True,
+    stats: PromptStats | None = None,
 ) -> list[str]:
-    """Continuations of each example's prompt (the prompt itself excluded)."""
+    """Continuations of each example's prompt (the prompt itself excluded).
+
+    `limits` cuts prompts as training did (an int is a `max_input_tokens` cut on the right);
+    `stats` receives how many prompts were cut.
+    """
+    if not isinstance(limits, PromptLimits):
+        limits = PromptLimits(limits)
     device = next(model.parameters()).device
     outputs: list[str] = []
     batches = range(0, len(examples), settings.batch_size)
     for start in tqdm(batches, disable=not progress, desc="generate", unit="batch"):
         chunk = examples[start : start + settings.batch_size]
-        prompts = [encode_prompt(tokenizer, ex, max_input_tokens)[0] for ex in chunk]
+        prompts = encode_prompts(tokenizer, chunk, limits, stats)
         width = max(len(p) for p in prompts)
         pad = tokenizer.pad_token_id
         # Decoder-only models continue from the last position, so prompts are padded on the left.
@@ -229,8 +287,13 @@ def generate_file(
     settings: GenerationSettings,
     adapters: dict[str, str | Path] | None = None,
     use: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> int:
-    """Read records, generate, write them back with `generated_text`. Returns the record count."""
+    """Read records, generate, write them back with `generated_text`. Returns the record count.
+
+    Prompts are cut with the run's `max_input_tokens` and `truncation_side`; how many were cut
+    goes to `log` (default: stderr).
+    """
     output_path = Path(output_path)
     if output_path.exists():
         raise UserError(f"{output_path} already exists", "choose another --output or delete it")
@@ -238,14 +301,17 @@ def generate_file(
     entry = entry_from_record(loaded.record, input_path)
     records = read_records(input_path, entry.split)
     examples = [format_record(r, entry) for r in records]
+    limits, stats = prompt_limits(entry), PromptStats()
     texts = generate_texts(
         loaded.model,
         loaded.tokenizer,
         examples,
         loaded.encoder_decoder,
         settings,
-        entry.max_input_tokens,
+        limits,
+        stats=stats,
     )
+    (log or _stderr)(f"generate: {stats.describe(limits)}")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(output_path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -254,3 +320,7 @@ def generate_file(
             f.write(json.dumps({**row, "generated_text": text}, ensure_ascii=False) + "\n")
     tmp.rename(output_path)
     return len(records)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)

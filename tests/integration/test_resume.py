@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_overrides
+from conftest import NUMBERS, run_overrides
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import UserError
@@ -193,3 +193,43 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     summary = train(load_config(None, [*argv, "resume=auto"]))
     assert summary["resumed_from_step"] is None and summary["steps"] == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_resume_mid_epoch_2_with_packing_and_mixing(tmp_path):
+    """Two entries mixed by proportion and packed: every epoch draws and packs anew from (seed,
+    epoch), so a run killed in epoch 2 resumes on the same packed rows (3 micro-batches an epoch:
+    step-8's checkpoint is epoch 2, micro-batch 2)."""
+    lines = (NUMBERS / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "small.jsonl").write_text("".join(lines[:12]), encoding="utf-8")
+    (tmp_path / "large.jsonl").write_text("".join(lines[12:60]), encoding="utf-8")
+    mixture = [
+        {"path": str(tmp_path / "small.jsonl"), "proportion": 0.5},
+        {"path": str(tmp_path / "large.jsonl"), "proportion": 0.5},
+    ]
+    extra = {
+        "data.train": json.dumps(mixture),
+        "data.packing": True,
+        "data.max_seq_len": 64,
+        "data.cache": False,
+        "train.batch_size": 4,
+        "train.max_steps": 10,
+    }
+    (tmp_path / "ref").mkdir()
+    train(load_config(None, overrides(tmp_path / "ref", "full", **extra)))
+    argv = overrides(tmp_path, "full", **extra)
+    code = run_in_child(argv, "step:9", tmp_path / "child.log")
+    assert code == -signal.SIGKILL, (tmp_path / "child.log").read_text()
+    run = tmp_path / "run"
+    trainer = json.loads((run / "checkpoints" / "step-8" / "trainer_state.json").read_text())
+    assert (trainer["data"]["epoch"], trainer["data"]["position"]) == (2, 2)
+
+    summary = train(load_config(None, [*argv, "resume=auto"]))
+    assert summary["resumed_from_step"] == 8 and summary["steps"] == 10
+    reference = tmp_path / "ref" / "run"
+    assert losses_by_step(run) == losses_by_step(reference) and len(losses_by_step(run)) == 10
+    assert (
+        summary["examples_used"]
+        == json.loads((reference / "summary.json").read_text())["examples_used"]
+    )
+    a, b = final_weights(run), final_weights(reference)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -74,8 +74,8 @@ def test_packing_efficiency_and_real_tokens(tokenizer):
     stats, train = data.stats["train"], data.train
     assert stats.packing_efficiency == pytest.approx(stats.tokens / (stats.rows * 64))
     assert stats.packing_efficiency > 0.95
-    taken = train._order_of(0)[: train.micro_batches_per_epoch * 4]
-    expected = sum(len(e.input_ids) for i in taken for e in train.units[i])
+    taken = train.epoch_units(0)[: train.micro_batches_per_epoch * 4]
+    expected = sum(len(e.input_ids) for row in taken for e in row)
     seen = 0
     for _ in range(train.micro_batches_per_epoch):
         batch = train.next_batch()

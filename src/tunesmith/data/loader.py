@@ -1,11 +1,12 @@
 """Tokenised examples -> batches for each rank, with an exact, resumable position.
 
-Order: each epoch is a sequence of training units (examples, or packed rows of examples) drawn
-from `seed + epoch` (by proportion when entries set one: data/mixing.py). The global micro-batch k
-of an epoch takes slots [(k*world + rank)*B, (k*world + rank + 1)*B) on each rank, so with the
-same global batch (batch_size x world x grad_accum) one process and many see the same examples in
-the same optimizer step. The position is two integers (epoch, micro-batch), so resume continues at
-the exact next example without replaying the loader.
+Order: each epoch is a sequence of training units (examples, or packed rows of examples) computed
+from (seed, epoch): the epoch's draw of examples (by proportion when entries set one:
+data/mixing.py), then, with packing, that draw packed into rows (data/packing.py). The global
+micro-batch k of an epoch takes slots [(k*world + rank)*B, (k*world + rank + 1)*B) on each rank,
+so with the same global batch (batch_size x world x grad_accum) one process and many see the same
+examples in the same optimizer step. The position is two integers (epoch, micro-batch), so resume
+continues at the exact next example without replaying the loader.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from tunesmith.data.mixing import mixture_order, normalised
 from tunesmith.data.packing import collate_packed, pack, padding_slots
 from tunesmith.data.plugins import load_plugins
 from tunesmith.data.sources import DatasetEntry, content_fingerprint, dataset_entries, read_entry
-from tunesmith.data.tokenize import IGNORE, Encoded, Limits, encode_parallel
+from tunesmith.data.tokenize import ENCODING_VERSION, IGNORE, Encoded, Limits, encode_parallel
 from tunesmith.errors import UserError
 
 GROUP_CHUNK = 64  # micro-batches sorted together by group_by_length (independent of world size)
+PACK_BUCKETS = 32  # lengths within 1/32 of a row count as equal when packing (variety per epoch)
 
 
 @dataclass
@@ -92,12 +94,26 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 Unit = Encoded | list[Encoded]  # an example, or a packed row of examples
 
 
+@dataclass
+class EpochPacking:
+    """How one epoch's draw packed: rows and real tokens / (rows x max_seq_len)."""
+
+    rows: int
+    efficiency: float
+
+
 class TrainBatches:
-    """Micro-batches of one rank, in the documented global order, resumable by position."""
+    """Micro-batches of one rank, in the documented global order, resumable by position.
+
+    Every epoch is computed from (seed, epoch) alone: its draw of examples (a shuffle, or the
+    mixture when entries set proportions), then, with packing, its own packing of that draw into
+    rows (from the token lengths only; the tokenised examples are not touched). So any process can
+    rebuild any epoch, which is what makes rank sharding and resume exact.
+    """
 
     def __init__(
         self,
-        units: list[Unit],
+        examples: list[Encoded],
         batch_size: int,
         rank: int,
         world: int,
@@ -108,29 +124,38 @@ class TrainBatches:
         entry_sizes: list[int] | None = None,
         group_by_length: bool = False,
         source_labels: list[str] | None = None,
+        max_seq_len: int | None = None,
+        accum: int = 1,
     ) -> None:
-        self.units = units
-        self.examples = units  # the name earlier callers used
+        self.examples = examples
+        self.accum = accum
         self.batch_size = batch_size
         self.rank, self.world = rank, world
         self.seed = seed
         self.pad_id = pad_id
         self.encoder_decoder = encoder_decoder
-        self.packed = bool(units) and isinstance(units[0], list)
-        self.proportions = proportions if not self.packed else None
-        self.entry_sizes = entry_sizes or [len(units)]
+        self.max_seq_len = max_seq_len
+        self.packed = max_seq_len is not None
+        self.proportions = proportions
+        self.entry_sizes = entry_sizes or [len(examples)]
         self.group_by_length = group_by_length and not self.packed
         self.source_labels = source_labels or ["data"]
-        self.micro_batches_per_epoch = len(self._order_of(0)) // (batch_size * world)
+        self._epochs: dict[int, list[Unit]] = {}  # epoch 0 and the current one, rebuilt on demand
+        self.micro_batches_per_epoch = self.micro_batches_in(0)  # epoch 0's (others may differ)
         self.epoch = 0
         self.position = 0  # micro-batches of this epoch already taken
-        self._order: list[int] | None = None
+
+    @property
+    def units(self) -> list[Unit]:
+        """The examples (padded batches), or epoch 0's packed rows in their order."""
+        return self.epoch_units(0) if self.packed else self.examples
 
     def _order_of(self, epoch: int) -> list[int]:
+        """Indices into `examples` of an epoch's draw, in order (before packing)."""
         if self.proportions is not None:
             order = mixture_order(self.entry_sizes, self.proportions, self.seed, epoch)
         else:
-            order = list(range(len(self.units)))
+            order = list(range(len(self.examples)))
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         if self.group_by_length:
             order = self._grouped(order, epoch)
@@ -143,12 +168,60 @@ class TrainBatches:
         rng = random.Random(f"{self.seed}/group/{epoch}")
         out: list[int] = []
         for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: -len(self.units[i].input_ids))
+            part = sorted(
+                order[start : start + chunk], key=lambda i: -len(self.examples[i].input_ids)
+            )
             blocks = [part[i : i + b] for i in range(0, len(part), b)]
             full = [blk for blk in blocks if len(blk) == b]
             rng.shuffle(full)
             out += [i for blk in full + [blk for blk in blocks if len(blk) < b] for i in blk]
         return out
+
+    def _packed_rows(self, epoch: int) -> list[list[int]]:
+        """Rows of an epoch as indices into `examples`, in the epoch's row order.
+
+        The draw is shuffled and best-fit decreasing keeps the draw's order among lengths in the
+        same bucket (1/32 of a row), so every epoch puts other examples side by side at the same
+        efficiency; the rows are then shuffled too. Only token lengths are read.
+        """
+        draw = self._order_of(epoch)
+        width = self.max_seq_len or 0
+        lengths = [len(self.examples[i].input_ids) for i in draw]
+        rows = pack(lengths, width, bucket=max(width // PACK_BUCKETS, 1))
+        random.Random(f"{self.seed}/rows/{epoch}").shuffle(rows)
+        return [[draw[i] for i in row] for row in rows]
+
+    def epoch_units(self, epoch: int) -> list[Unit]:
+        """The training units of an epoch in order: examples, or packed rows of examples."""
+        if epoch not in self._epochs:
+            if self.packed:
+                units: list[Unit] = [
+                    [self.examples[i] for i in row] for row in self._packed_rows(epoch)
+                ]
+            else:
+                units = [self.examples[i] for i in self._order_of(epoch)]
+            # Keep epoch 0 (stats, `sample`) and the newest; a long run holds at most two.
+            self._epochs = {k: v for k, v in self._epochs.items() if k == 0}
+            self._epochs[epoch] = units
+        return self._epochs[epoch]
+
+    def packing_of(self, epoch: int) -> EpochPacking | None:
+        """Rows and packing efficiency of an epoch (None without packing)."""
+        if not self.packed:
+            return None
+        rows = self.epoch_units(epoch)
+        real = sum(len(e.input_ids) for row in rows for e in row)  # type: ignore[union-attr]
+        return EpochPacking(len(rows), real / max(len(rows) * (self.max_seq_len or 1), 1))
+
+    def micro_batches_in(self, epoch: int) -> int:
+        """Micro-batches of an epoch on each rank (a packed epoch's row count varies a little).
+
+        An epoch ends on an optimizer-step boundary (whole global batches of
+        batch_size x world x accum units), so every world size with the same global batch cuts
+        it at the same unit and one process keeps matching many in later epochs.
+        """
+        n = len(self.epoch_units(epoch)) if self.packed else len(self.examples)
+        return n // (self.batch_size * self.world * self.accum) * self.accum
 
     def _collate(self, picked: list[Unit]) -> dict[str, torch.Tensor]:
         if self.packed:
@@ -157,37 +230,33 @@ class TrainBatches:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next micro-batch of this rank (moves to the next epoch when one ends)."""
-        if self.position >= self.micro_batches_per_epoch:
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        if self._order is None:
-            self._order = self._order_of(self.epoch)
+        while self.position >= self.micro_batches_in(self.epoch):
+            self.epoch, self.position = self.epoch + 1, 0
         start = (self.position * self.world + self.rank) * self.batch_size
-        picked = [self.units[i] for i in self._order[start : start + self.batch_size]]
+        picked = self.epoch_units(self.epoch)[start : start + self.batch_size]
         self.position += 1
         return self._collate(picked)
 
     def sample(self, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
         """`n` micro-batches drawn independently of the training position (same on every rank
         given the same seed, sharded like training)."""
-        order = list(range(len(self.units)))
+        pool = self.units
+        order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
         out = []
         for k in range(n):
             start = ((k * self.world + self.rank) * self.batch_size) % max(len(order), 1)
-            picked = [self.units[i] for i in order[start : start + self.batch_size]]
+            picked = [pool[i] for i in order[start : start + self.batch_size]]
             out.append(self._collate(picked))
         return out
 
     def used_counts(self) -> dict[str, int]:
         """Examples of each dataset entry taken so far by all ranks together."""
         counts: Counter[int] = Counter()
-        per_epoch = self.micro_batches_per_epoch * self.batch_size * self.world
+        per_batch = self.batch_size * self.world
         for epoch in range(self.epoch + 1):
-            taken = (
-                per_epoch if epoch < self.epoch else self.position * self.batch_size * self.world
-            )
-            for i in self._order_of(epoch)[:taken]:
-                unit = self.units[i]
+            batches = self.micro_batches_in(epoch) if epoch < self.epoch else self.position
+            for unit in self.epoch_units(epoch)[: batches * per_batch]:
                 for example in unit if isinstance(unit, list) else [unit]:
                     counts[example.source] += 1
         return {label: counts[i] for i, label in enumerate(self.source_labels)}
@@ -196,7 +265,7 @@ class TrainBatches:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 @dataclass
@@ -343,6 +412,7 @@ def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
             "limits": [d.train_on_inputs, d.packing and d.max_seq_len],
             "encoder_decoder": encoder_decoder,
             "val": [d.val_set_size, cfg.seed],
+            "encoding": ENCODING_VERSION,
         }
     )
 
@@ -376,11 +446,12 @@ def build_dataloaders(
         UserError: no training data, bad records, an empty split, too few examples for one
             global batch, packing without max_seq_len or on an encoder-decoder model.
     """
+    from tunesmith.train.loop import resolve_grad_accum  # the loop imports this module
+
     load_plugins(cfg.plugins)
     if cfg.data.train is None:
         raise UserError("data.train is not set", "point it at a data file, folder or preset")
-    if cfg.data.packing:
-        max_seq_len = _check_packing(cfg, encoder_decoder)
+    max_seq_len = _check_packing(cfg, encoder_decoder) if cfg.data.packing else None
     splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder)
     train, train_stats = splits["train"]
     if not train:
@@ -389,24 +460,12 @@ def build_dataloaders(
     labels = [e.label for e in entries]
     sizes = [sum(1 for e in train if e.source == k) for k in range(len(entries))]
     proportions = normalised([e.proportion for e in entries], labels)
-    units: list[Unit] = list(train)
     if proportions is not None:
         counts = Counter(train[i].source for i in mixture_order(sizes, proportions, cfg.seed, 0))
         train_stats.per_epoch = {label: counts[k] for k, label in enumerate(labels)}
-    if cfg.data.packing:
-        pool = (
-            [train[i] for i in mixture_order(sizes, proportions, cfg.seed, 0)]
-            if proportions is not None
-            else train
-        )
-        rows = pack([len(e.input_ids) for e in pool], max_seq_len)
-        units = [[pool[i] for i in row] for row in rows]
-        train_stats.rows = len(rows)
-        real = sum(len(e.input_ids) for e in pool)
-        train_stats.packing_efficiency = real / max(len(rows) * max_seq_len, 1)
     pad_id = tokenizer.pad_token_id
     batches = TrainBatches(
-        units,
+        train,
         cfg.train.batch_size,
         rank,
         world,
@@ -417,12 +476,17 @@ def build_dataloaders(
         entry_sizes=sizes,
         group_by_length=cfg.data.group_by_length,
         source_labels=labels,
+        max_seq_len=max_seq_len,
+        accum=resolve_grad_accum(cfg, world),
     )
+    packing = batches.packing_of(0)
+    if packing is not None:  # epoch 0's; every epoch packs its own draw (see TrainBatches)
+        train_stats.rows, train_stats.packing_efficiency = packing.rows, packing.efficiency
     if batches.micro_batches_per_epoch == 0:
         what = "packed rows" if batches.packed else "examples"
         raise UserError(
-            f"data.train has {len(units)} {what}, fewer than one micro-batch on every rank "
-            f"({cfg.train.batch_size} x {world})",
+            f"data.train has {len(batches.units)} {what}, fewer than one optimizer step takes "
+            f"({cfg.train.batch_size} x {world} processes x {batches.accum} accumulated)",
             "lower train.batch_size or add data",
         )
     validation, val_stats = splits["validation"]

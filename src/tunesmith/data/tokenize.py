@@ -18,6 +18,9 @@ from tunesmith.data.formats import INPUT, Example
 from tunesmith.errors import UserError
 
 IGNORE = -100
+# Bumped whenever the same settings would give other ids (part of the tokenised-data cache key).
+# 2: cutoff_len cuts the prompt inside the input on its truncation side, as max_input_tokens does.
+ENCODING_VERSION = 2
 
 
 @dataclass
@@ -129,14 +132,18 @@ def encode(
         tokenizer, example.answer or "", limits.max_output_tokens, answer_ids
     )
     truncated = cut_prompt or cut_answer
+    side = limits.truncation_side
     if encoder_decoder:
         if limits.cutoff_len and len(prompt) > limits.cutoff_len:
-            prompt, truncated = _cut(prompt, limits.cutoff_len, limits.truncation_side), True
+            prompt, _ = encode_prompt(tokenizer, example, limits.cutoff_len, side, prompt, body_ids)
+            truncated = True
     elif limits.cutoff_len and len(prompt) + len(answer) > limits.cutoff_len:
         truncated = True
         # Shrink the prompt first (down to half the budget), then the answer, keeping its EOS.
+        # The prompt is cut like max_input_tokens cuts it: inside the input, on its side.
         keep_prompt = max(limits.cutoff_len - len(answer), limits.cutoff_len // 2)
-        prompt = prompt[:keep_prompt]
+        if len(prompt) > keep_prompt:
+            prompt, _ = encode_prompt(tokenizer, example, keep_prompt, side, prompt, body_ids)
         room = limits.cutoff_len - len(prompt)
         if len(answer) > room:
             answer = answer[: room - 1] + answer[-1:] if room > 1 else answer[-1:]

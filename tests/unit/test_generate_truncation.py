@@ -1,0 +1,119 @@
+"""`generate` and evaluation cut prompts exactly as training did: same template, same
+max_input_tokens, same truncation side; and they say how many prompts they cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import build_tiny_model
+from tunesmith.config import load_config
+from tunesmith.data.loader import build_dataloaders, load_examples
+from tunesmith.data.sources import dataset_entries
+from tunesmith.data.tokenize import IGNORE
+from tunesmith.evaluate import task_metrics
+from tunesmith.generate import (
+    GenerationSettings,
+    PromptStats,
+    encode_prompts,
+    generate_file,
+    prompt_limits,
+)
+from tunesmith.train.run_dir import write_run_record
+
+LONG = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike"
+
+
+def write_data(tmp_path):
+    rows = [
+        {"input": LONG, "output": "first"},
+        {"input": "short", "output": "second"},
+        {"input": f"{LONG} november oscar", "output": "third"},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def config(path, side):
+    return load_config(
+        None,
+        [
+            f"data.train={path}",
+            "data.cache=false",
+            "train.batch_size=1",
+            "data.input_format='Q: __input__ A:'",
+            "data.max_input_tokens=12",
+            f"data.truncation_side={side}",
+        ],
+    )
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_generation_prompts_are_the_trained_prompts_cut_on_the_configured_side(
+    tokenizer, tmp_path, side
+):
+    cfg = config(write_data(tmp_path), side)
+    trained = build_dataloaders(cfg, tokenizer, 0, 1, False)
+    stats = PromptStats()
+    limits = prompt_limits(dataset_entries(cfg.data, "train")[0])
+    prompts = encode_prompts(tokenizer, load_examples(cfg, "train"), limits, stats)
+    # Training's prompt is the untrained head of each example: generation sees the same ids.
+    assert prompts == [e.input_ids[: e.labels.count(IGNORE)] for e in trained.train.examples]
+    assert (stats.prompts, stats.truncated) == (3, 2) == (3, trained.stats["train"].truncated)
+    text = tokenizer.decode(prompts[0])
+    assert len(prompts[0]) == 12 and text.startswith("Q:") and text.endswith("A:")
+    if side == "left":  # the end of a long input survives (e.g. the question after a dialogue)
+        assert "mike" in text and "alpha" not in text
+        assert "oscar" in tokenizer.decode(prompts[2])
+    else:
+        assert "alpha" in text and "mike" not in text
+    assert tokenizer.decode(prompts[1]) == "Q: short A:"
+
+
+def test_generate_and_evaluate_report_how_many_prompts_were_cut(tokenizer, tmp_path):
+    data = write_data(tmp_path)
+    cfg = config(data, "left")
+    model_dir = tmp_path / "model"
+    build_tiny_model("llama").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_run_record(cfg, model_dir, encoder_decoder=False)  # the templates and limits a run saves
+    settings = GenerationSettings(max_new_tokens=2, batch_size=2)
+    lines: list[str] = []
+    n = generate_file(model_dir, str(data), tmp_path / "out.jsonl", settings, log=lines.append)
+    assert n == 3
+    assert lines == ["generate: 2 of 3 prompts truncated to max_input_tokens=12 (input end kept)"]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in rows] == ["first", "second", "third"]
+    assert all("generated_text" in r for r in rows)
+
+    entry = dataset_entries(cfg.data, "train")[0]
+    scores = task_metrics(
+        model_dir, load_examples(cfg, "train"), ["exact_match"], settings, prompt_limits(entry)
+    )
+    assert scores["n_examples"] == 3 and scores["n_truncated"] == 2
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cutoff_len_cuts_the_prompt_like_max_input_tokens(tokenizer, tmp_path, side):
+    """When prompt + answer pass cutoff_len, the prompt loses input tokens on the configured side
+    and keeps its template, so training never sees a prompt generation would not build."""
+    path = write_data(tmp_path)
+    cfg = load_config(
+        None,
+        [
+            f"data.train={path}",
+            "data.cache=false",
+            "train.batch_size=1",
+            "data.input_format='Q: __input__ A:'",
+            "data.cutoff_len=16",
+            f"data.truncation_side={side}",
+        ],
+    )
+    data = build_dataloaders(cfg, tokenizer, 0, 1, False)
+    first = data.train.examples[0]
+    prompt = tokenizer.decode(first.input_ids[: first.labels.count(IGNORE)])
+    assert len(first.input_ids) <= 16 and prompt.startswith("Q:") and prompt.endswith("A:")
+    assert ("mike" in prompt) == (side == "left") and ("alpha" in prompt) == (side == "right")
+    assert first.labels[-1] == tokenizer.eos_token_id and data.stats["train"].truncated == 2

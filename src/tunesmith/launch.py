@@ -5,9 +5,9 @@
     tunesmith slurm cfg.yaml --nodes 2 --gpus-per-node 8 --partition gpu > job.sbatch
     tunesmith lsf cfg.yaml --nodes 2 --gpus-per-node 8 --queue x86_24h > job.bsub
 
-`tunesmith train --nproc-per-node N` replaces itself with `python -m torch.distributed.run ...
--m tunesmith train <same arguments>`; the same recipe also runs when `torchrun` or `deepspeed`
-starts the processes directly. On CPU every process gets cores / processes threads: torch
+`tunesmith train --nproc-per-node N` runs torchrun in its own process (`torch.distributed.run ...
+-m tunesmith train <same arguments>`) and, when a rank fails, ends with one line naming it; the
+same recipe also runs when `torchrun` or `deepspeed` starts the processes directly. On CPU every process gets cores / processes threads: torch
 processes that together ask for more threads than there are cores slow each other many-fold.
 The job scripts run one torchrun per node (srun / blaunch) with a c10d rendezvous on the first node.
 """
@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import UserError
 
@@ -86,12 +89,19 @@ def torchrun_args(
     return out
 
 
-def relaunch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Replace this process with torchrun running `tunesmith <argv without launch flags>`."""
+def relaunch(args: argparse.Namespace, argv: list[str], output_dir: str | None = None) -> int:
+    """Run `tunesmith <argv without launch flags>` on every rank under torchrun (in this process).
+
+    torchrun starts the ranks, and when one fails stops the others. Its own report is a
+    traceback and a table; this adds one line that names the rank that failed first and how,
+    and how to continue (`output_dir`: where a resume checkpoint would be). Returns the exit code.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
         *torchrun_args(
             args.nproc_per_node,
             args.nnodes,
@@ -103,12 +113,88 @@ def relaunch(args: argparse.Namespace, argv: list[str]) -> int:
         "tunesmith",
         *strip_launch_flags(argv),
     ]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(args.nproc_per_node)))
-    env.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
-    print("launching: " + shlex.join(command[1:]), file=sys.stderr)
-    os.execve(sys.executable, command, env)
-    return 0  # not reached
+    # The ranks inherit this environment; a default run folder is fixed here so they agree.
+    if output_dir:
+        os.environ.setdefault("TUNESMITH_RUN_DIR", output_dir)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(args.nproc_per_node)))
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    print("launching: " + shlex.join(["-m", "torch.distributed.run", *command]), file=sys.stderr)
+    try:
+        torchrun(get_args_parser().parse_args(command))
+    except ChildFailedError as exc:
+        code, line = failure_report(exc.failures, output_dir)
+        if line:
+            print(f"error: {line}", file=sys.stderr)
+        return code
+    except SignalException as exc:
+        print(
+            f"error: the launcher received {exc.sigval.name}; the ranks were stopped",
+            file=sys.stderr,
+        )
+        return 128 + int(exc.sigval)
+    return 0
+
+
+# What a rank's exit code means when it did not die by a signal.
+STOP_CODES = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT"}
+# A rank whose peer vanished fails too; these phrases (gloo, nccl) mark it as a follower.
+LOST_PEER = ("closed by peer", "reset by peer", "connection refused", "broken pipe")
+TIMED_OUT = ("timed out", "timeout")
+
+
+def failure_report(failures: dict[int, Any], output_dir: str | None) -> tuple[int, str | None]:
+    """(exit code, one line) for torchrun's failed ranks ({rank: ProcessFailure}).
+
+    The rank that failed first is the one not stopped by the launcher (SIGTERM) and not failing
+    because its peer vanished, earliest first. Ranks that all stopped on a stop signal (they
+    checkpoint and exit 128 + signal) need no report: they said so themselves.
+    """
+    if all(f.exitcode in STOP_CODES for f in failures.values()):
+        return next(iter(failures.values())).exitcode, None
+
+    def message(f: Any) -> str:
+        text = f.message.get("message", "") if isinstance(f.message, dict) else ""
+        return text.splitlines()[0] if text else ""
+
+    def follower(f: Any) -> bool:
+        text = message(f).lower()
+        return f.exitcode == -signal.SIGTERM or any(p in text for p in LOST_PEER)
+
+    causes = {r: f for r, f in failures.items() if not follower(f)} or failures
+    rank, first = min(causes.items(), key=lambda item: (item[1].timestamp, item[0]))
+    what = f"rank {rank} (pid {first.pid})"
+    text = message(first)
+    if first.exitcode < 0:
+        name = first.signal_name()
+        line = f"{what} was killed by {name}"
+        if name == "SIGKILL":
+            line += " (the kernel's out-of-memory killer sends SIGKILL: check `dmesg`)"
+    elif any(p in text.lower() for p in TIMED_OUT):
+        line = (
+            f"{what} gave up waiting for the other ranks after train.dist_timeout ({text}): "
+            "another rank hung or died"
+        )
+    elif text:
+        line = f"{what} failed: {text} (its traceback is above, lines starting [rank{rank}]:)"
+    else:
+        line = f"{what} exited with code {first.exitcode} (its messages are above)"
+    others = sorted(r for r in failures if r != rank)
+    if others:
+        line += f"; the launcher stopped rank{'s' if len(others) > 1 else ''} "
+        line += ", ".join(map(str, others))
+    code = first.exitcode if first.exitcode > 0 else 1
+    return code, line + ". " + resume_hint(output_dir)
+
+
+def resume_hint(output_dir: str | None) -> str:
+    """How to continue after a failed run: from its newest checkpoint, if one was written."""
+    from tunesmith.checkpoint import CHECKPOINTS, LATEST
+
+    latest = Path(output_dir) / CHECKPOINTS / LATEST if output_dir else None
+    if latest is not None and latest.is_file():
+        step = latest.read_text(encoding="utf-8").strip()
+        return f"Resume from {step} with the same command and resume=auto"
+    return "No resume checkpoint was written (set checkpoint.save_every to make runs resumable)"
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:

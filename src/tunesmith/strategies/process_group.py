@@ -7,9 +7,14 @@ group on a free local port, so every strategy also runs (and is tested) as one p
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
+import time
+import traceback
 from datetime import timedelta
+from types import TracebackType
 
 import torch
 import torch.distributed as dist
@@ -19,6 +24,9 @@ from tunesmith.strategies.base import default_device, env_rank
 
 # Whether this module created the default group (a caller that made its own keeps it).
 _owned = False
+# Launcher variables this module set for a one-process group (removed again on teardown, so a
+# later run in the same process is not mistaken for a rank of a launched job).
+_env_set: list[str] = []
 
 
 def init_process_group(timeout_s: int) -> tuple[int, int, int, torch.device]:
@@ -37,8 +45,18 @@ def init_process_group(timeout_s: int) -> tuple[int, int, int, torch.device]:
                 f"WORLD_SIZE={world} but MASTER_ADDR is not set",
                 "start with `tunesmith train --nproc-per-node N` or torchrun",
             )
-        os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(free_port())
+        # What a launcher would have set (DeepSpeed asserts LOCAL_RANK even on one process).
+        launcher_env = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(world),
+        }
+        for key, value in launcher_env.items():
+            if key not in os.environ:
+                os.environ[key] = value
+                _env_set.append(key)
     global _owned
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
@@ -46,7 +64,41 @@ def init_process_group(timeout_s: int) -> tuple[int, int, int, torch.device]:
         backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s), **kwargs
     )
     _owned = True
+    report_uncaught_exceptions_to_launcher()
     return rank, local_rank, world, device
+
+
+def report_uncaught_exceptions_to_launcher() -> None:
+    """Under torchrun, write an uncaught exception to the rank's error file as well.
+
+    torchrun reads `$TORCHELASTIC_ERROR_FILE` when a rank fails; with it, the launcher's report
+    (launch.py) names the exception instead of only an exit code, and tells a rank that failed
+    first from one that lost its peer or timed out waiting for it. The traceback still prints.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    previous = sys.excepthook
+    if not path or getattr(previous, "writes_error_file", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        try:
+            record = {
+                "message": {
+                    "message": f"{kind.__name__}: {value}",
+                    "extraInfo": {
+                        "py_callstack": "".join(traceback.format_exception(kind, value, tb)),
+                        "timestamp": str(int(time.time())),
+                    },
+                }
+            }
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+        except OSError:
+            pass  # the report is a courtesy; the traceback below is what matters
+        previous(kind, value, tb)
+
+    hook.writes_error_file = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def free_port() -> int:
@@ -82,6 +134,8 @@ def destroy_owned_group() -> None:
     if _owned and dist.is_initialized():
         dist.destroy_process_group()
     _owned = False
+    while _env_set:
+        os.environ.pop(_env_set.pop(), None)
 
 
 def identical_on_all_ranks(mask: torch.Tensor) -> bool:

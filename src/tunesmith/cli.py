@@ -37,7 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, overrides = split_recipe(args.config, args.overrides)
     cfg = load_config(path, overrides)  # recipe errors show before any process starts
     if launch.wants_relaunch(args):
-        return launch.relaunch(args, args.argv)
+        from tunesmith.train.run_dir import resolve_output_dir
+
+        return launch.relaunch(args, args.argv, str(resolve_output_dir(cfg)))
     summary = train(cfg, overwrite=args.overwrite)
     return summary.get("exit_code", 0)  # 128 + signal after a SIGTERM/SIGINT checkpoint
 

@@ -133,7 +133,7 @@ def test_hub_dataset_by_config_and_split_through_data_preview(tmp_path, capsys, 
 
     # another config of the same repo; a split it does not have is a one-line error (exit 2)
     letters = list(read_entry(DatasetEntry(hub=repo, hub_config="letters", split="train")))
-    assert [(r["number"], r["_source"]) for r in letters] == [("a", f"hub:{repo}[0]")]
+    assert [(r["number"], r["_source"]) for r in letters] == [("a", f"hub:{repo}:letters train[0]")]
     raw["data"]["validation"] = [{**entry, "split": "test"}]
     recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
     assert main(["data", "preview", str(recipe)]) == 2

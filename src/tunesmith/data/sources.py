@@ -83,7 +83,9 @@ class DatasetEntry:
     @property
     def label(self) -> str:
         """How messages name this entry."""
-        return self.path or f"hub:{self.hub}"
+        if self.path:
+            return self.path
+        return f"hub:{self.hub}" + (f":{self.hub_config}" if self.hub_config else "")
 
 
 def dataset_entries(data_cfg: DataConfig, split: str) -> list[DatasetEntry]:
@@ -364,7 +366,8 @@ def read_hub(entry: DatasetEntry) -> Iterator[dict[str, Any]]:
     index = 0
     for batch in rows.with_format("arrow").iter(batch_size=STREAM_BATCH_ROWS):
         for row in batch.to_pylist():
-            yield {**row, "_source": f"hub:{entry.hub}[{index}]"}
+            row["_source"] = f"{entry.label} {entry.split}[{index}]"
+            yield row
             index += 1
 
 
@@ -460,6 +463,9 @@ def _text(file: DataFile) -> str:
         raise _not_utf8(file) from None
 
 
+_decode_json = json.JSONDecoder().decode  # json.loads without its per-call argument checks
+
+
 def _starts_with_array(file: DataFile) -> bool:
     with file.open_binary() as raw:
         head = raw.read(4096)
@@ -480,7 +486,7 @@ def _read_json(file: DataFile) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _decode_json(line)
         except json.JSONDecodeError as exc:
             raise UserError(
                 f"{file.label}:{number}: invalid JSON line: {exc.msg}",
@@ -566,7 +572,8 @@ READERS: dict[str, Callable[[DataFile], Iterator[dict[str, Any]]]] = {
 def _as_record(row: Any, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    return {**row, "_source": where}
+    row["_source"] = where  # the row was just parsed: nobody else holds it
+    return row
 
 
 def content_fingerprint(entry: DatasetEntry) -> str:

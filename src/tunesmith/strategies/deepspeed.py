@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,8 +100,12 @@ class DeepSpeed:
             out.append("strategy.offload_optimizer needs strategy.stage >= 1")
         if o.zero3_init and o.stage != 3:
             out.append("strategy.zero3_init needs strategy.stage=3")
-        if "nvme" in (o.offload_param, o.offload_optimizer) and not o.nvme_path:
-            out.append("nvme offload needs strategy.nvme_path (a folder on a local NVMe drive)")
+        if "nvme" in (o.offload_param, o.offload_optimizer):
+            if not o.nvme_path:
+                out.append("nvme offload needs strategy.nvme_path (a folder on a local NVMe drive)")
+            missing = async_io_problem()
+            if missing:
+                out.append(missing)
         if capabilities.dynamic_trainable:
             out.append(
                 f"method {cfg.method.name} changes its trainable set during training, but the "
@@ -118,9 +122,7 @@ class DeepSpeed:
 
     def model_init_context(self) -> contextlib.AbstractContextManager:
         if self.options.stage == 3 and self.options.zero3_init:
-            import deepspeed
-
-            return deepspeed.zero.Init(config_dict_or_path=self.config)
+            return zero3_construction(self.config)
         return contextlib.nullcontext()
 
     def setup(
@@ -151,23 +153,34 @@ class DeepSpeed:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> torch.Tensor:
-        # ZeRO optimizers report the global norm; stage 0 does not, so measure its (already
-        # all-reduced) gradients first: a missing norm must not read as a non-finite step.
-        grads = []
+        """The engine's step (clipping is the config's gradient_clipping); a non-finite global
+        gradient norm skips the update.
+
+        The ZeRO optimizers (stages 1-3, fp32 and bf16: `check_grad_overflow` is kept on) and the
+        fp16/bf16 optimizers of stage 0 skip such a step themselves and report an inf norm. Stage
+        0 in fp32 steps the plain torch optimizer, which would write NaN into every weight: its
+        (already all-reduced) gradients are measured here, and when they are not finite the
+        engine steps with the optimizer's update switched off (its bookkeeping and zero_grad
+        still run), leaving weights and optimizer state untouched.
+        """
+        measured = None
         if self.options.stage == 0:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        measured = (
-            torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-            )
-            if grads
-            else None
-        )
-        self.engine.step()  # clipping is the config's gradient_clipping
+            if grads:
+                measured = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+                )
+        skip = self.precision == "fp32" and measured is not None and not torch.isfinite(measured)
+        with update_switched_off(self.engine.optimizer) if skip else contextlib.nullcontext():
+            self.engine.step()
+        if skip:
+            self.engine.skipped_steps += 1  # as the engine counts the steps its optimizers skip
         norm = self.engine.get_global_grad_norm()
-        if norm is None and measured is not None:
-            return measured
-        return torch.tensor(float(norm) if norm is not None else float("nan"))
+        if norm is None:
+            # Stage 0 in fp32 keeps no norm; the ZeRO optimizers always do (compute_grad_norm
+            # is refused off in build_config).
+            return measured if measured is not None else torch.tensor(0.0)
+        return torch.tensor(float(norm))
 
     def on_trainable_change(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         return model  # refused in `check` for methods that change it
@@ -247,6 +260,50 @@ class DeepSpeed:
         pg.destroy_owned_group()
 
 
+@contextlib.contextmanager
+def update_switched_off(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """`optimizer.step()` does nothing inside (an instance attribute shadows the method)."""
+    optimizer.step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
+@contextlib.contextmanager
+def zero3_construction(config: dict[str, Any]) -> Iterator[None]:
+    """Build a transformers model already partitioned over the ranks (ZeRO-3 `zero.Init`).
+
+    transformers does the partitioning itself while an `HfDeepSpeedConfig` is alive: it
+    constructs under `deepspeed.zero.Init`, initialises each module with its parameters
+    gathered, and loads a checkpoint shard by shard into the partitions. (A bare `zero.Init`
+    around `from_pretrained` would partition the parameters before the weights are loaded or
+    initialised.) The config is dropped on exit, so later loads (rank 0 scoring the final model)
+    are not partitioned.
+    """
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep_alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del keep_alive
+
+
+def async_io_problem() -> str | None:
+    """Why DeepSpeed's async_io op (NVMe offload) cannot run here, or None if it can."""
+    from deepspeed.ops.op_builder import AsyncIOBuilder
+
+    if AsyncIOBuilder().is_compatible(verbose=False):
+        return None
+    return (
+        "nvme offload needs DeepSpeed's async_io op, which needs libaio (library and headers, "
+        "not found here): install libaio-dev (apt) or libaio-devel (dnf/yum), then run again "
+        "(DeepSpeed compiles the op on first use); or offload to cpu"
+    )
+
+
 def resolve_accumulation(train_cfg: Any, world: int) -> int:
     """Micro-batches per optimizer step, as the loop resolves them (grad_accum or global batch)."""
     if train_cfg.global_batch_size is not None:
@@ -297,7 +354,23 @@ def build_config(
         raw = read_raw_config(Path(options.deepspeed_config))
         check_owned_keys(raw, owned, options.deepspeed_config)
         config = deep_merge(config, {k: v for k, v in raw.items() if k not in OWNED_KEYS})
+        check_skip_switches(config, options.deepspeed_config)
     return config
+
+
+def check_skip_switches(config: dict[str, Any], source: str) -> None:
+    """Refuse raw switches that would make the engine apply non-finite updates or hide the norm
+    tunesmith uses to count skipped steps (strategies/base.py: step)."""
+    for section, key in (
+        ("bf16", "check_grad_overflow"),
+        ("zero_optimization", "compute_grad_norm"),
+    ):
+        if config.get(section, {}).get(key, True) is False:
+            raise UserError(
+                f"{source}: {section}.{key}=false, but tunesmith needs it on to skip updates "
+                "whose gradients are not finite",
+                f"remove {section}.{key} from the JSON",
+            )
 
 
 def offload_section(target: str, options: DeepSpeedOptions, pin: bool) -> dict[str, Any]:

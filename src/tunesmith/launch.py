@@ -127,10 +127,8 @@ def relaunch(args: argparse.Namespace, argv: list[str], output_dir: str | None =
             print(f"error: {line}", file=sys.stderr)
         return code
     except SignalException as exc:
-        print(
-            f"error: the launcher received {exc.sigval.name}; the ranks were stopped",
-            file=sys.stderr,
-        )
+        # torchrun passed the signal on: the ranks checkpoint and stop, and have said so.
+        print(f"stopped: the launcher received {exc.sigval.name}", file=sys.stderr)
         return 128 + int(exc.sigval)
     return 0
 

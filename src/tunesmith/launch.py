@@ -167,6 +167,11 @@ def failure_report(failures: dict[int, Any], output_dir: str | None) -> tuple[in
         line = f"{what} was killed by {name}"
         if name == "SIGKILL":
             line += " (the kernel's out-of-memory killer sends SIGKILL: check `dmesg`)"
+    elif any(p in text.lower() for p in LOST_PEER):
+        line = (
+            f"{what} lost its connection to another rank ({text}): a rank on another node "
+            "failed first (see that node's log)"
+        )
     elif any(p in text.lower() for p in TIMED_OUT):
         line = (
             f"{what} gave up waiting for the other ranks after train.dist_timeout ({text}): "

@@ -154,3 +154,35 @@ def test_dist_timeout_ends_a_launch_whose_rank_hangs(tmp_path):
     assert "the launcher stopped rank 1" in line
     assert seconds >= timeout - 1  # the collective waited for the timeout, not less
     print(f"hang: launch ended {seconds:.1f} s after the stop (dist_timeout {timeout} s)")
+
+
+def failure(tmp: Path, rank: int, exitcode: int, message: str | None = None):
+    """torchrun's record of a failed rank, with the error file a rank writes when it raises."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp / f"error_{rank}.json"
+    if message is not None:
+        record = {"message": {"message": message, "extraInfo": {"timestamp": "100"}}}
+        error_file.write_text(json.dumps(record))
+    return ProcessFailure(
+        local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file)
+    )
+
+
+def test_report_when_only_a_peer_on_another_node_failed(tmp_path):
+    from tunesmith.launch import failure_report
+
+    lost = "RuntimeError: [pair.cc:553] Connection closed by peer [10.0.0.2]:4001"
+    code, line = failure_report(
+        {8: failure(tmp_path, 8, 1, lost), 9: failure(tmp_path, 9, -signal.SIGTERM)}, None
+    )
+    assert code == 1
+    assert line.startswith("rank 8 (pid 1008) lost its connection to another rank (")
+    assert "a rank on another node failed first" in line and "stopped rank 9" in line
+
+
+def test_no_report_when_every_rank_stopped_on_a_signal(tmp_path):
+    from tunesmith.launch import failure_report
+
+    stops = {r: failure(tmp_path, r, 128 + signal.SIGTERM) for r in (0, 1)}
+    assert failure_report(stops, None) == (128 + signal.SIGTERM, None)

@@ -1,8 +1,9 @@
 """The plans the distributed tests run, and the launcher that runs them (one launch, many cases).
 
-Three launches cover everything: one process (the single-device baselines and a 1-process
+Four launches cover everything: one process (the single-device baselines and a 1-process
 sharded checkpoint), two processes (every strategy, the probes, a 2-process checkpoint and the
-reload of the 1-process one), and one process again (reload of the 2-process checkpoint).
+reload of the 1-process one), one process again (reload of the 2-process checkpoint), and four
+processes (FSDP HYBRID_SHARD on a real 2 x 2 mesh: 2 replicas of 2 shards).
 """
 
 from __future__ import annotations
@@ -30,22 +31,33 @@ EQUIVALENCE = {  # case id -> strategy overrides
 }
 METHODS = {"full": {}, "lora": {"method.dropout": 0.0, "method.target_modules": "all-linear"}}
 # The other methods, each on the engines that accept it (compat), against one process too:
-# frozen blocks (freeze), vectors inside blocks (ia3, llama_adapter), virtual tokens (prefix).
+# frozen blocks (freeze), vectors inside blocks (ia3, llama_adapter), virtual tokens (prefix,
+# prompt: their saved adapter is computed from the gathered state, see methods/peft_common.py).
 EXTRA_METHODS = {
     "prefix": {"method.num_virtual_tokens": 4},
+    "prompt": {"method.num_virtual_tokens": 4},
     "freeze": {"method.train_top_layers": 1},
     "ia3": {},
     "llama_adapter": {},
 }
 EXTRA_CELLS = [
     ("deepspeed_2", "prefix"),
-    ("deepspeed_3", "prefix"),  # fsdp refuses virtual-token methods (compat)
+    ("deepspeed_3", "prefix"),
+    ("fsdp_full_shard", "prefix"),
+    ("fsdp_full_shard", "prompt"),
     *[
         (s, m)
         for s in ("fsdp_full_shard", "deepspeed_3")
         for m in ("freeze", "ia3", "llama_adapter")
     ],
 ]
+
+# Four processes, PER_RANK // 2 examples each: the same global batch as the 2-process cases.
+HYBRID_2X2 = {
+    "strategy.name": "fsdp",
+    "strategy.sharding_strategy": "HYBRID_SHARD",
+    "strategy.hybrid_shard_size": 2,
+}
 
 
 def wide_targets(tmp: Path) -> Path:

@@ -1,9 +1,9 @@
-"""DDP, FSDP2 and DeepSpeed on 2 gloo processes against one process, for real.
+"""DDP, FSDP2 and DeepSpeed on 2 gloo processes (FSDP HYBRID_SHARD on 4) against one process.
 
-Three launches (see launches.py) run every case; the tests below only compare their records.
-Equivalence: the per-step losses of 2 processes equal those of 1 process with the same global
-batch, on answers whose lengths differ up to 6x, with accumulation 2 and clipping, so only a
-loss normalised by the global target-token count (and a global gradient norm) passes.
+Four launches (see launches.py) run every case; the tests below only compare their records.
+Equivalence: the per-step losses of 2 (or 4) processes equal those of 1 process with the same
+global batch, on answers whose lengths differ up to 6x, with accumulation 2 and clipping, so only
+a loss normalised by the global target-token count (and a global gradient norm) passes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from launches import (
     EQUIVALENCE,
     EXTRA_CELLS,
     EXTRA_METHODS,
+    HYBRID_2X2,
     METHODS,
     PER_RANK,
     STEPS,
@@ -152,12 +153,28 @@ def runs() -> dict:
         }
     )
     plan_last = [ckpt("ckpt_load_2_in_1", "load", two, seed=1)]
+    plan_four = [
+        train_case(tmp, data, "fsdp_hybrid_2x2_full", "full", PER_RANK // 2, **HYBRID_2X2),
+        probe("fsdp_probe", "fsdp_probe_hybrid_2x2", **HYBRID_2X2),
+    ]
     start = time.perf_counter()
-    results = {**launch(1, plan_one, tmp, "one"), **launch(2, plan_two, tmp, "two")}
-    results.update(launch(1, plan_last, tmp, "last"))
+    results, seconds = {}, {}
+    for name, nproc, plan in [
+        ("one", 1, plan_one),
+        ("two", 2, plan_two),
+        ("last", 1, plan_last),
+        ("four", 4, plan_four),
+    ]:
+        began = time.perf_counter()
+        results.update(launch(nproc, plan, tmp, name))
+        seconds[name] = time.perf_counter() - began
     results["_wall_seconds"] = time.perf_counter() - start
     results["_tmp"] = str(tmp)
-    print(f"\ndistributed launches: {results['_wall_seconds']:.1f} s wall")
+    print(
+        f"\ndistributed launches: {results['_wall_seconds']:.1f} s wall ("
+        + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+        + ")"
+    )
     yield results
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -180,6 +197,28 @@ def test_two_processes_match_one(runs, strategy, method):
     )
     diffs = [abs(a - b) for a, b in zip(base, got["losses"])]
     assert max(diffs) < TOLERANCE, (base, got["losses"])
+
+
+def test_hybrid_shard_on_a_2x2_mesh_matches_one_process(runs):
+    """4 processes = 2 replicas x 2 shards (hybrid_shard_size=2), one example each per
+    micro-batch: the same global batch as one process with 4."""
+    base = record(runs, "single_full")["losses"]
+    got = record(runs, "fsdp_hybrid_2x2_full")
+    assert got["world"] == 4
+    assert len(got["losses"]) == len(base) == STEPS
+    print(
+        "\nfsdp HYBRID_SHARD 2x2 full: "
+        + " ".join(f"{a:.7f}/{b:.7f}" for a, b in zip(base, got["losses"]))
+    )
+    assert max(abs(a - b) for a, b in zip(base, got["losses"])) < TOLERANCE, (base, got["losses"])
+
+
+def test_hybrid_shard_mesh_is_two_dimensional(runs):
+    probe = record(runs, "fsdp_probe_hybrid_2x2")
+    assert probe["mesh_shape"] == [2, 2]
+    # Every parameter replicated across the 2 replica groups and split in 2 inside each.
+    assert probe["placements"] == ["(Replicate(), Shard(dim=0))"]
+    assert probe["sharded"] and abs(probe["local_fraction"] - 0.5) < 0.01
 
 
 def test_ddp_follows_a_changing_trainable_set(runs):
@@ -249,6 +288,35 @@ def test_fsdp_final_model_loads_with_from_pretrained(runs):
         with torch.no_grad():
             logits.append(model(input_ids=ids).logits)
     assert torch.allclose(logits[0], logits[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_fsdp_virtual_token_adapter_reloads_with_peft(runs, method):
+    """The adapter the 2-process FSDP run saved (prompt embeddings computed from the gathered
+    state on rank 0 alone) reloads with plain peft in one process to the logits of the
+    1-process run's adapter; both differ clearly from the base, so the adapter is not a no-op."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tmp = Path(runs["_tmp"])
+    ids = torch.arange(3, 27).reshape(2, 12)
+    logits = {}
+    for case in (f"single_{method}", f"fsdp_full_shard_{method}"):
+        record(runs, case)
+        final = tmp / case / "run" / "final"
+        base = AutoModelForCausalLM.from_pretrained(final / "base")
+        with torch.no_grad():
+            logits["base"] = base(input_ids=ids).logits
+            model = PeftModel.from_pretrained(base, final).eval()
+            logits[case] = model(input_ids=ids).logits[:, -ids.shape[1] :]
+    single, fsdp = logits[f"single_{method}"], logits[f"fsdp_full_shard_{method}"]
+    print(
+        f"\n{method} adapter reloaded: |fsdp - single| max {(fsdp - single).abs().max():.2e}, "
+        f"|single - base| max {(single - logits['base']).abs().max():.2e}"
+    )
+    assert torch.isfinite(fsdp).all()
+    assert (single - logits["base"]).abs().max() > 1e-3
+    assert torch.allclose(single, fsdp, atol=1e-5), (single - fsdp).abs().max()
 
 
 @pytest.mark.parametrize(

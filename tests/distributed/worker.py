@@ -53,6 +53,9 @@ def main(plan_path: str, out_path: str) -> None:
             results[case["id"]]["seconds"] = time.perf_counter() - start
         except Exception:  # recorded, so one broken case does not hide the others
             results[case["id"]] = {"error": traceback.format_exc()}
+            # Also in the launch log: a case failing on one rank only leaves the others waiting
+            # in a collective, and then only this rank knows why.
+            print(f"rank {rank} case {case['id']}:\n{traceback.format_exc()}", file=sys.stderr)
         dist.barrier()
     if rank == 0:
         Path(out_path).write_text(json.dumps(results, indent=1))
@@ -137,6 +140,14 @@ def run_fsdp_probe(case: dict) -> dict:
         "param_device": str(getattr(weight, "_local_tensor", weight).device),
         "grad_device": str(getattr(grad, "_local_tensor", grad).device),
         "offload_policy": type(inner._get_fsdp_state()._fsdp_param_group.offload_policy).__name__,
+        "mesh_shape": list(strategy.mesh.shape),
+        # Every parameter's layout over the mesh, e.g. "(Replicate(), Shard(dim=0))" on 2-D.
+        "placements": sorted(
+            {
+                repr(tuple(p.placements)) if isinstance(p, DTensor) else "local"
+                for p in model.parameters()
+            }
+        ),
     }
     strategy.close()
     return record

@@ -99,13 +99,6 @@ class FSDP:
                 f"strategy fsdp cannot shard bitsandbytes-quantized weights "
                 f"(model.quantization={cfg.model.quantization}): use strategy.name=ddp"
             )
-        if capabilities.edits_inputs:
-            # PEFT saves prompt-learning adapters by running the prompt encoder on rank 0 alone,
-            # which on sharded (DTensor) parameters is a collective only one rank joins.
-            out.append(
-                f"method {cfg.method.name} (virtual tokens) cannot save its adapter from FSDP "
-                "shards yet: use strategy.name=ddp or deepspeed"
-            )
         if capabilities.dynamic_trainable:
             out.append(
                 f"method {cfg.method.name} changes its trainable set during training, which "

@@ -12,8 +12,9 @@ import test_data_sources as contract
 
 from conftest import run_overrides
 from tunesmith.cli import main
-from tunesmith.data import sources
-from tunesmith.data.sources import DatasetEntry, line_stream, read_entry, read_records, split_files
+from tunesmith.data import readers
+from tunesmith.data.readers import line_stream
+from tunesmith.data.sources import DatasetEntry, read_entry, read_records, split_files
 from tunesmith.errors import UserError
 
 
@@ -43,7 +44,7 @@ def test_a_large_jsonl_streams_in_bounded_memory_and_errors_name_the_exact_line(
     path = tmp_path / "big.jsonl"
     path.write_text(row * n + '{"input": "last", "output": }\n', encoding="utf-8")
     size = path.stat().st_size
-    monkeypatch.setattr(sources, "STREAM_MIN_BYTES", 0)  # the warm-up file streams too
+    monkeypatch.setattr(readers, "STREAM_MIN_BYTES", 0)  # the warm-up file streams too
     read_records(str(_small(tmp_path)))  # imports datasets' readers before measuring
 
     records = read_entry(DatasetEntry(path=str(path)))
@@ -89,7 +90,7 @@ def test_the_reader_contract_holds_through_datasets(name, tmp_path, monkeypatch)
         opened.append(builder)
         return load(builder, *args, **kwargs)
 
-    monkeypatch.setattr(sources, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(readers, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(datasets, "load_dataset", recording_load)
     getattr(contract, name)(tmp_path)
     assert opened, "no file went through datasets"

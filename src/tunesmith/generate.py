@@ -62,7 +62,7 @@ class PromptStats:
         line = f"{self.truncated} of {self.prompts} prompts truncated"
         if limits.max_input_tokens is not None:
             kept = "end" if limits.truncation_side == "left" else "start"
-            line += f" to max_input_tokens={limits.max_input_tokens} (input {kept} kept)"
+            line += f" to {limits.max_input_tokens} tokens (input {kept} kept)"
         return line
 
 
@@ -205,10 +205,13 @@ def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
 
 
 def prompt_limits(entry: Any) -> PromptLimits:
-    """The prompt limits of a dataset entry (or anything with the same two fields)."""
-    return PromptLimits(
-        getattr(entry, "max_input_tokens", None), getattr(entry, "truncation_side", "right")
-    )
+    """The prompt limits of a dataset entry (or anything with the same fields).
+
+    A prompt longer than `cutoff_len` was cut to it in training, so generation cuts it there too.
+    """
+    limits = [getattr(entry, key, None) for key in ("max_input_tokens", "cutoff_len")]
+    given = [n for n in limits if n]
+    return PromptLimits(min(given) if given else None, getattr(entry, "truncation_side", "right"))
 
 
 def encode_prompts(

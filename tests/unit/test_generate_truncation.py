@@ -17,8 +17,10 @@ from tunesmith.generate import (
     GenerationSettings,
     PromptStats,
     encode_prompts,
+    entry_from_record,
     generate_file,
     prompt_limits,
+    read_run_record,
 )
 from tunesmith.train.run_dir import write_run_record
 
@@ -83,7 +85,7 @@ def test_generate_and_evaluate_report_how_many_prompts_were_cut(tokenizer, tmp_p
     lines: list[str] = []
     n = generate_file(model_dir, str(data), tmp_path / "out.jsonl", settings, log=lines.append)
     assert n == 3
-    assert lines == ["generate: 2 of 3 prompts truncated to max_input_tokens=12 (input end kept)"]
+    assert lines == ["generate: 2 of 3 prompts truncated to 12 tokens (input end kept)"]
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["output"] for r in rows] == ["first", "second", "third"]
     assert all("generated_text" in r for r in rows)
@@ -117,3 +119,14 @@ def test_cutoff_len_cuts_the_prompt_like_max_input_tokens(tokenizer, tmp_path, s
     assert len(first.input_ids) <= 16 and prompt.startswith("Q:") and prompt.endswith("A:")
     assert ("mike" in prompt) == (side == "left") and ("alpha" in prompt) == (side == "right")
     assert first.labels[-1] == tokenizer.eos_token_id and data.stats["train"].truncated == 2
+
+
+def test_a_saved_run_cuts_generation_prompts_at_its_cutoff_len(tmp_path):
+    """A prompt longer than cutoff_len was cut to it in training; the saved run cuts there too."""
+    cfg = load_config(
+        None,
+        [f"data.train={write_data(tmp_path)}", "data.cutoff_len=10", "data.max_input_tokens=40"],
+    )
+    write_run_record(cfg, tmp_path, encoder_decoder=False)
+    entry = entry_from_record(read_run_record(tmp_path), str(tmp_path / "d.jsonl"))
+    assert prompt_limits(entry).max_input_tokens == 10

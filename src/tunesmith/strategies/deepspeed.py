@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,12 @@ class DeepSpeed:
         )
 
     def close(self) -> None:
+        import deepspeed.comm
+
+        if pg.owns_default_group() and deepspeed.comm.is_initialized():
+            # Through DeepSpeed, so it also drops the subgroups it cached: a later run in this
+            # process would otherwise reach for groups of the destroyed one.
+            deepspeed.comm.destroy_process_group()
         pg.destroy_owned_group()
 
 
@@ -295,8 +302,11 @@ def async_io_problem() -> str | None:
     """Why DeepSpeed's async_io op (NVMe offload) cannot run here, or None if it can."""
     from deepspeed.ops.op_builder import AsyncIOBuilder
 
-    if AsyncIOBuilder().is_compatible(verbose=False):
-        return None
+    # DeepSpeed's probe compiles a test program with stderr redirected by file descriptor; where
+    # sys.stderr has none (Jupyter, pytest's capture) it would report libaio missing.
+    with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
+        if AsyncIOBuilder().is_compatible(verbose=False):
+            return None
     return (
         "nvme offload needs DeepSpeed's async_io op, which needs libaio (library and headers, "
         "not found here): install libaio-dev (apt) or libaio-devel (dnf/yum), then run again "

@@ -128,6 +128,11 @@ def barrier() -> None:
         dist.barrier()
 
 
+def owns_default_group() -> bool:
+    """Whether `init_process_group` created the default group (and so may tear it down)."""
+    return _owned and dist.is_initialized()
+
+
 def destroy_owned_group() -> None:
     """Leave the default group if `init_process_group` created it (safe to call twice)."""
     global _owned

@@ -182,9 +182,8 @@ def failure_report(failures: dict[int, Any], output_dir: str | None) -> tuple[in
     else:
         line = f"{what} exited with code {first.exitcode} (its messages are above)"
     others = sorted(r for r in failures if r != rank)
-    if others:
-        line += f"; the launcher stopped rank{'s' if len(others) > 1 else ''} "
-        line += ", ".join(map(str, others))
+    if others:  # failed after it: stopped by torchrun, or lost their peer
+        line += f"; rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} stopped too"
     code = first.exitcode if first.exitcode > 0 else 1
     return code, line + ". " + resume_hint(output_dir)
 

@@ -106,7 +106,7 @@ def test_a_rank_killed_by_sigkill_ends_the_launch_with_one_clear_line(tmp_path):
     assert code != 0
     [line] = error_lines(log)
     assert line.startswith(f"error: rank 1 (pid {victim.pid}) was killed by SIGKILL"), line
-    assert "the launcher stopped rank 0" in line
+    assert "; rank 0 stopped too." in line
     latest = (launch.run / "checkpoints" / "latest").read_text().strip()
     assert f"Resume from {latest} with the same command and resume=auto" in line
     print(f"SIGKILL: launch ended {seconds:.1f} s after the kill")
@@ -151,7 +151,7 @@ def test_dist_timeout_ends_a_launch_whose_rank_hangs(tmp_path):
     [line] = error_lines(log)
     assert line.startswith("error: rank 0 (pid "), line
     assert "gave up waiting for the other ranks after train.dist_timeout" in line
-    assert "the launcher stopped rank 1" in line
+    assert "; rank 1 stopped too." in line
     assert seconds >= timeout - 1  # the collective waited for the timeout, not less
     print(f"hang: launch ended {seconds:.1f} s after the stop (dist_timeout {timeout} s)")
 
@@ -178,7 +178,7 @@ def test_report_when_only_a_peer_on_another_node_failed(tmp_path):
     )
     assert code == 1
     assert line.startswith("rank 8 (pid 1008) lost its connection to another rank (")
-    assert "a rank on another node failed first" in line and "stopped rank 9" in line
+    assert "a rank on another node failed first" in line and "; rank 9 stopped too." in line
 
 
 def test_no_report_when_every_rank_stopped_on_a_signal(tmp_path):

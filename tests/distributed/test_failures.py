@@ -101,6 +101,10 @@ def error_lines(log: str) -> list[str]:
 def test_a_rank_killed_by_sigkill_ends_the_launch_with_one_clear_line(tmp_path):
     launch = Launch(tmp_path, **{"checkpoint.save_every": 1, "train.dist_timeout": 60})
     victim = launch.rank_after_first_step(1)
+    latest_file = launch.run / "checkpoints" / "latest"
+    deadline = time.monotonic() + 60  # step 1 is logged before its checkpoint is written
+    while not latest_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     code, seconds, log = launch.wait(limit=60)
     assert code != 0

@@ -186,6 +186,9 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_the_last_good_c
     weights = load_file(run / "checkpoints" / "step-1" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (run / "final").exists()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in logged if "loss" in r}
+    assert losses[2] == losses[3] == losses[4] == "nan"  # skipped steps have no loss, not 0
 
 
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, capsys):

@@ -262,9 +262,12 @@ def _run(
             state.train_seconds += elapsed
             tokens = window_tokens * strategy.world_size
             state.tokens_seen += tokens
-            last_loss = (loss_total / targets_total.clamp(min=1)).item()
+            # A window whose every update was skipped has no loss to report: NaN, not 0.
+            window_mean = float("nan")
+            if targets_total > 0:
+                window_mean = last_loss = (loss_total / targets_total).item()
             row = {
-                "loss": last_loss,
+                "loss": window_mean,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
                 "tokens_per_s": tokens / max(elapsed, 1e-9),
@@ -272,7 +275,7 @@ def _run(
             }
             tracker.log_metrics(state.step, row)
             bar.set_postfix(
-                loss=f"{last_loss:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}"
+                loss=f"{window_mean:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}"
             )
             window_loss.zero_()
             window_targets = window_tokens = 0

@@ -116,3 +116,14 @@ def test_resume_mid_epoch_two_with_packing_and_mixing(tokenizer, tmp_path):
         a, b = first.next_batch(), resumed.next_batch()
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.epoch == 3 and resumed.used_counts() == first.used_counts()
+
+
+def test_num_epochs_ends_exactly_at_an_epoch_boundary(tokenizer, tmp_path):
+    """Packed epochs differ by a row or two, so `num_epochs` counts each epoch's own batches."""
+    train = build_dataloaders(packed_cfg(tmp_path), tokenizer, 0, 1, False).train
+    counts = [train.micro_batches_in(e) for e in range(3)]
+    assert len(set(counts)) > 1  # the packed epochs really differ in length
+    for _ in range(train.steps_for_epochs(2) * train.accum):
+        train.next_batch()
+    assert (train.epoch, train.position) == (1, counts[1])  # epoch 1 just ended
+    assert train.steps_for_epochs(2.5) == counts[0] + counts[1] + -(-counts[2] // 2)

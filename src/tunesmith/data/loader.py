@@ -12,6 +12,7 @@ continues at the exact next example without replaying the loader.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -222,6 +223,15 @@ class TrainBatches:
         """
         n = len(self.epoch_units(epoch)) if self.packed else len(self.examples)
         return n // (self.batch_size * self.world * self.accum) * self.accum
+
+    def steps_for_epochs(self, num_epochs: float) -> int:
+        """Optimizer steps in `num_epochs` epochs, each epoch counted with its own micro-batches
+        (packed epochs differ by a row or two); a fractional last epoch is rounded up."""
+        whole = int(num_epochs)
+        steps = sum(self.micro_batches_in(e) // self.accum for e in range(whole))
+        if num_epochs > whole:
+            steps += math.ceil((num_epochs - whole) * self.micro_batches_in(whole) / self.accum)
+        return steps
 
     def _collate(self, picked: list[Unit]) -> dict[str, torch.Tensor]:
         if self.packed:

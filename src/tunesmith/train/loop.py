@@ -10,7 +10,6 @@ never asks which method or strategy it runs; what differs sits behind their inte
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -153,7 +152,7 @@ def _run(
             tracker.info(describe_stats(split, s))
     accum = resolve_grad_accum(cfg, strategy.world_size)
     steps_per_epoch = max(data.train.micro_batches_per_epoch // accum, 1)
-    total_steps = cfg.train.max_steps or max(math.ceil(cfg.train.num_epochs * steps_per_epoch), 1)
+    total_steps = cfg.train.max_steps or max(data.train.steps_for_epochs(cfg.train.num_epochs), 1)
     lr = cfg.train.lr if cfg.train.lr is not None else method.default_lr
 
     def optimizer_for(m: torch.nn.Module) -> torch.optim.Optimizer:

@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -25,26 +23,11 @@ import torch.distributed as dist
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # conftest: tiny configs and the embedded task
 
+import worker  # noqa: E402
+
 from conftest import build_tiny_model  # noqa: E402
 from tunesmith.config import load_config  # noqa: E402
 from tunesmith.train.loop import train  # noqa: E402
-
-
-def main(plan_path: str, out_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    results: dict[str, dict] = {}
-    for case in json.loads(Path(plan_path).read_text()):
-        start = time.perf_counter()
-        try:
-            results[case["id"]] = KINDS[case["kind"]](case)
-            results[case["id"]]["seconds"] = time.perf_counter() - start
-        except Exception:  # recorded, so one broken case does not hide the others
-            results[case["id"]] = {"error": traceback.format_exc()}
-        dist.barrier()
-    if dist.get_rank() == 0:
-        Path(out_path).write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
 
 
 def full_weights(strategy, model) -> torch.Tensor:
@@ -190,4 +173,4 @@ KINDS = {"nonfinite": run_nonfinite, "train": run_train, "zero3_init": run_zero3
 
 if __name__ == "__main__":
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    main(sys.argv[1], sys.argv[2])
+    worker.main(sys.argv[1], sys.argv[2], KINDS)  # the same case loop as worker.py

@@ -31,7 +31,8 @@ from tunesmith.strategies import process_group as pg  # noqa: E402
 from tunesmith.train.loop import train  # noqa: E402
 
 
-def main(plan_path: str, out_path: str) -> None:
+def main(plan_path: str, out_path: str, kinds: dict | None = None) -> None:
+    """Run every case of the plan with `kinds` (default: this file's KINDS); rank 0 writes."""
     torch.set_num_threads(1)
     if os.environ.get("WORKER_STACKS_AFTER"):  # debugging a hang: dump every thread's stack
         import faulthandler
@@ -49,7 +50,7 @@ def main(plan_path: str, out_path: str) -> None:
     for case in json.loads(Path(plan_path).read_text()):
         start = time.perf_counter()
         try:
-            results[case["id"]] = KINDS[case["kind"]](case)
+            results[case["id"]] = (kinds or KINDS)[case["kind"]](case)
             results[case["id"]]["seconds"] = time.perf_counter() - start
         except Exception:  # recorded, so one broken case does not hide the others
             results[case["id"]] = {"error": traceback.format_exc()}

@@ -29,8 +29,7 @@ import stdlib_docstrings
 
 import tunesmith
 from tunesmith.data.loader import load_examples
-from tunesmith.evaluate import task_metrics
-from tunesmith.generate import GenerationSettings
+from tunesmith.evaluate import metrics_after_training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
@@ -44,24 +43,6 @@ def build_data(data_dir: Path) -> None:
     stdlib_docstrings.write(splits, data_dir)
     counts = ", ".join(f"{len(records)} {name}" for name, records in splits.items())
     print(f"data: {counts} functions of the Python {sys.version.split()[0]} standard library")
-
-
-def score_untuned(cfg, model_dir: Path, predictions_path: Path) -> dict[str, float]:
-    """ROUGE-L of the base model on the examples and settings the run scores after training."""
-    examples = load_examples(cfg, "test")[: cfg.eval.metrics_examples]
-    settings = GenerationSettings(
-        max_new_tokens=cfg.eval.max_new_tokens,
-        num_beams=cfg.eval.num_beams,
-        batch_size=cfg.eval.batch_size or cfg.train.batch_size,
-    )
-    return task_metrics(
-        model_dir,
-        examples,
-        list(cfg.eval.metrics),
-        settings,
-        cfg.data.max_input_tokens,
-        predictions_path=predictions_path,
-    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -117,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\nscoring the untuned model...")
     # Kept outside out_dir until training is done: the run replaces the folder it starts in.
     with tempfile.TemporaryDirectory() as tmp:
-        before = score_untuned(cfg, model_dir, Path(tmp) / "predictions_before.jsonl")
+        # The same scoring the run applies after training, on the untuned model.
+        before = metrics_after_training(
+            cfg, model_dir, load_examples(cfg, "test"), Path(tmp) / "predictions_before.jsonl"
+        )
         print(f"untuned ROUGE-L {before['rougeL']:.3f}\n\nfine-tuning...")
         summary = tunesmith.train(cfg, overwrite=True)
         shutil.move(Path(tmp) / "predictions_before.jsonl", out_dir / "predictions_before.jsonl")

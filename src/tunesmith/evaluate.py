@@ -93,12 +93,16 @@ def task_metrics(
 
 
 def metrics_after_training(
-    cfg: Any, final_dir: Path, test_examples: list[Example]
+    cfg: Any,
+    final_dir: Path,
+    test_examples: list[Example],
+    predictions_path: Path | None = None,
 ) -> dict[str, float]:
-    """`eval.metrics` on the test split (or validation) with the run's final model, on rank 0.
+    """`eval.metrics` on the test split (or validation) with the model in `final_dir`, on rank 0.
 
     Prompts are cut with the limits of that split's first dataset entry (presets resolved; a
     held-out validation share uses the first training entry's), as training cut them.
+    Predictions go to `predictions_path` (default: predictions.jsonl beside `final_dir`).
     """
     from tunesmith.data.loader import load_examples
     from tunesmith.data.sources import dataset_entries
@@ -120,5 +124,5 @@ def metrics_after_training(
         list(cfg.eval.metrics),
         settings,
         limits,
-        predictions_path=final_dir.parent / "predictions.jsonl",
+        predictions_path=predictions_path or final_dir.parent / "predictions.jsonl",
     )

@@ -8,7 +8,7 @@ the free functions below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -122,15 +122,19 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str
     return [g for g in groups if g["params"]]
 
 
-def all_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Like `default_param_groups` but over every parameter, frozen ones included.
+def all_param_groups(
+    model: nn.Module, weight_decay: float, names: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Like `default_param_groups` but over every parameter (or every one in `names`), frozen
+    ones included.
 
     For methods whose trainable set changes (Green Trainer): AdamW skips parameters whose `.grad`
     is None, so frozen tensors are neither updated nor decayed, and their moments survive.
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if _takes_no_decay(name, param) else decay).append(param)
+        if names is None or name in names:
+            (no_decay if _takes_no_decay(name, param) else decay).append(param)
     return [
         g
         for g in (

@@ -37,6 +37,7 @@ from torch import nn
 from tunesmith.config import option
 from tunesmith.errors import UserError
 from tunesmith.estimate.flops import FlopsProfile, profile_flops
+from tunesmith.methods import peft_common
 from tunesmith.methods.base import Capabilities, StepContext, all_param_groups, unwrap
 from tunesmith.methods.full import save_full_model
 from tunesmith.methods.green.importance import reference_importance, tensor_importance
@@ -44,9 +45,10 @@ from tunesmith.methods.green.selection import (
     Selection,
     backward_budget,
     flops_speedup,
-    select_tensors,
+    select_grouped,
     selectable,
 )
+from tunesmith.methods.lora import Lora, LoraOptions, peft_config
 
 
 @dataclass
@@ -74,6 +76,28 @@ class GreenOptions:
         "Importance as the reference code: two real optimizer steps whose moments and step "
         "counts stay in the optimizer (weights are restored).",
     )
+    importance: Literal["taylor", "random", "top"] = option(
+        "taylor",
+        "taylor: the paper's first-order Taylor importance; random and top are controls at the "
+        "same budget: random scores, or the last tensors in execution order, as many as fit.",
+    )
+    trial_state: Literal["optimizer", "fresh"] = option(
+        "optimizer",
+        "Trial update of the Taylor importance: the optimizer's next step with its moments (the "
+        "paper), or a first Adam step for every tensor (no bias toward never-trained tensors).",
+    )
+    adapter: Literal["none", "lora"] = option(
+        "none",
+        "lora: the budget picks which LoRA adapters train (base frozen, LoRA's memory); "
+        "none: it picks model tensors.",
+    )
+    lora_r: int = option(8, "adapter=lora: rank of the adapter matrices.")
+    lora_alpha: float = option(16, "adapter=lora: updates are scaled by alpha / r.")
+    lora_dropout: float = option(0.05, "adapter=lora: dropout on the adapter's input.")
+    lora_target_modules: Any = option(
+        "all-linear",
+        "adapter=lora: modules that get an adapter (as method.target_modules of lora).",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.rho <= 1:
@@ -86,6 +110,17 @@ class GreenOptions:
                 raise UserError(f"method.{key}={getattr(self, key)} must be at least 1")
         if self.quant_levels < 10:
             raise UserError(f"method.quant_levels={self.quant_levels} is too coarse", "use 1000")
+        if self.lora_r < 1:
+            raise UserError(f"method.lora_r={self.lora_r} must be at least 1", "try lora_r: 8")
+
+    def lora_options(self) -> LoraOptions:
+        """The LoRA method's options these green options describe (adapter=lora)."""
+        return LoraOptions(
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+        )
 
 
 class Green:
@@ -98,6 +133,12 @@ class Green:
 
     def __init__(self, options: GreenOptions) -> None:
         self.options = options
+        self.base_copy: nn.Module | None = None  # adapter=lora on a base built from a config
+        # Parameter names the selection may choose from; None = every parameter.
+        self.candidates: set[str] | None = None
+        if options.adapter == "lora":  # LoRA's economy: optimizer state and saves are adapters
+            self.capabilities = Capabilities(dynamic_trainable=True, adapter_only_save=True)
+            self.default_lr = Lora.default_lr
         self.profile: FlopsProfile | None = None
         self.budget = 0.0
         self.mask: tuple[bool, ...] | None = None  # named_parameters() order
@@ -131,22 +172,32 @@ class Green:
         self._restore_pending = self.mask is not None
 
     def apply(self, model: nn.Module, tokenizer: Any) -> nn.Module:
-        # Everything is a candidate; the first selection runs before the first step.
-        for param in model.parameters():
-            param.requires_grad_(True)
+        # Every candidate may train; the first selection runs before the first step.
+        if self.options.adapter == "lora":
+            config = peft_config(self.options.lora_options(), model)
+            model, self.base_copy = peft_common.wrap(model, config)
+            self.candidates = {n for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            for param in model.parameters():
+                param.requires_grad_(True)
         stop_forcing_input_grads(model)
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        return all_param_groups(model, weight_decay)
+        return all_param_groups(model, weight_decay, self.candidates)
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if self.candidates is not None:
+            return peft_common.adapter_state(unwrap(model))
         return model.state_dict()  # any tensor may have trained at some point
 
     def save(
         self, model: nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict[str, torch.Tensor]
     ) -> None:
-        save_full_model(model, tokenizer, out_dir, state_dict)
+        if self.candidates is not None:  # a standard PEFT adapter folder, as method lora writes
+            peft_common.save_adapter(model, tokenizer, out_dir, state_dict, self.base_copy)
+        else:
+            save_full_model(model, tokenizer, out_dir, state_dict)
 
     def on_step(self, ctx: StepContext) -> bool:
         changed = False
@@ -232,19 +283,21 @@ class Green:
                     selectable(profile.t_dw, profile.t_dy, self.budget),
                     strict=True,
                 )
-                if ok and t.used
+                if ok and t.used and (self.candidates is None or t.name in self.candidates)
             }
             importance = self._importance(model, ctx, batches, candidates)
-            values = [importance.get(name, 0.0) for name in profile.names]
-            selection = select_tensors(
-                values, profile.t_dw, profile.t_dy, self.budget, self.options.quant_levels
-            )
+            groups = adapter_groups(profile.names)
+
+            def solve(values: list[float]) -> Selection:
+                return select_grouped(
+                    values, profile.t_dw, profile.t_dy, self.budget, groups,
+                    self.options.quant_levels,
+                )  # fmt: skip
+
+            selection = solve([importance.get(name, 0.0) for name in profile.names])
             if not any(selection.mask):  # no positive importance: train the best that fits
                 best = max(candidates, key=lambda name: importance.get(name, 0.0))
-                only = [name == best for name in profile.names]
-                selection = select_tensors(
-                    [1.0 if o else 0.0 for o in only], profile.t_dw, profile.t_dy, self.budget
-                )
+                selection = solve([1.0 if name == best else 0.0 for name in profile.names])
             self.selections.append((ctx.step, selection))
             flags = torch.tensor(selection.mask, dtype=torch.float32, device=ctx.strategy.device)
         flags = ctx.strategy.broadcast(flags)
@@ -254,10 +307,28 @@ class Green:
     def _importance(
         self, model: nn.Module, ctx: StepContext, batches: list[dict], candidates: set[str]
     ) -> dict[str, float]:
+        names = self.profile.names if self.profile is not None else []
+        if self.options.importance == "random":  # control: the same budget, chosen blindly
+            generator = torch.Generator().manual_seed(7919 * (ctx.step + 1))
+            scores = torch.rand(len(names), generator=generator).tolist()
+            return {n: v + 1e-6 for n, v in zip(names, scores, strict=True) if n in candidates}
+        if self.options.importance == "top":  # control: the longest suffix of tensors that fits
+            profile = self.profile
+            for start in range(len(names)):
+                mask = [k >= start and n in candidates for k, n in enumerate(names)]
+                if any(mask) and profile.backward_flops(mask) <= self.budget:
+                    return {n: 1.0 for n, m in zip(names, mask, strict=True) if m}
+            return {}
         if self.options.reference_compatible:
             return reference_importance(model, ctx.optimizer, batches[0], ctx.loss_fn, candidates)
         return tensor_importance(
-            model, ctx.optimizer, batches, ctx.loss_fn, candidates, self.options.gradient_at
+            model,
+            ctx.optimizer,
+            batches,
+            ctx.loss_fn,
+            candidates,
+            self.options.gradient_at,
+            fresh=self.options.trial_state == "fresh",
         )
 
     def _log(self, ctx: StepContext, seconds: float) -> None:
@@ -290,6 +361,27 @@ class Green:
     @staticmethod
     def _named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return list(model.named_parameters())
+
+
+def adapter_groups(names: list[str]) -> list[list[int]]:
+    """Positions (execution order) of the tensors that are selected together.
+
+    A LoRA adapter's A and B matrices form one unit: at the first selection B is zero, so A's
+    gradient is zero and A alone would never look important, while B without A trains a fixed
+    random projection. PEFT runs B right after A, so the pair is consecutive and costs exactly
+    the sum of its two tensors. Every other tensor is its own unit.
+    """
+    groups: list[list[int]] = []
+    k = 0
+    while k < len(names):
+        partner = names[k].replace(".lora_A.", ".lora_B.")
+        if ".lora_A." in names[k] and k + 1 < len(names) and names[k + 1] == partner:
+            groups.append([k, k + 1])
+            k += 2
+        else:
+            groups.append([k])
+            k += 1
+    return groups
 
 
 def stop_forcing_input_grads(model: nn.Module) -> None:

@@ -29,6 +29,7 @@ def tensor_importance(
     loss_fn: LossFn,
     candidate_names: Collection[str],
     gradient_at: str = "start",
+    fresh: bool = False,
 ) -> dict[str, float]:
     """Normalised importance of every parameter of `model`; non-candidates get 0.
 
@@ -45,11 +46,15 @@ def tensor_importance(
             gradient that forms Δw, so I is the Taylor prediction of the update's loss drop and
             costs one backward pass. "updated": at W0 + Δw, as the reference does (one more
             forward and backward; the weights are restored bit for bit afterwards).
+        fresh: Δw is a first Adam step for every tensor, ignoring the moments. The optimizer's
+            real next step (the default) is a near sign step, lr per element, for a tensor that
+            never trained but about lr·|m̂|/√v̂ (< lr when gradients are noisy) for one that did,
+            so at a reselection the one-step estimate favours the tensors that did not train.
 
     Returns:
         {name: importance} for every parameter name of `model`.
     """
-    scores = taylor_scores(model, optimizer, batches, loss_fn, candidate_names, gradient_at)
+    scores = taylor_scores(model, optimizer, batches, loss_fn, candidate_names, gradient_at, fresh)
     return normalise(scores, [name for name, _ in model.named_parameters()])
 
 
@@ -60,6 +65,7 @@ def taylor_scores(
     loss_fn: LossFn,
     candidate_names: Collection[str],
     gradient_at: str = "start",
+    fresh: bool = False,
 ) -> dict[str, float]:
     """Unnormalised −Σ Δw·g per candidate (the predicted loss drop); see `tensor_importance`."""
     if gradient_at not in ("start", "updated"):
@@ -71,7 +77,9 @@ def taylor_scores(
         groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         updates = {
             # A parameter the optimizer does not hold yet would join its first group.
-            n: _trial_update(optimizer, groups.get(id(p), optimizer.param_groups[0]), p, grads[n])
+            n: _trial_update(
+                optimizer, groups.get(id(p), optimizer.param_groups[0]), p, grads[n], fresh
+            )
             for n, p in params.items()
         }
         if gradient_at == "updated":
@@ -175,9 +183,14 @@ def _mean_gradients(
 
 
 def _trial_update(
-    optimizer: torch.optim.Optimizer, group: Mapping, param: nn.Parameter, grad: torch.Tensor
+    optimizer: torch.optim.Optimizer,
+    group: Mapping,
+    param: nn.Parameter,
+    grad: torch.Tensor,
+    fresh: bool = False,
 ) -> torch.Tensor:
-    """The change the optimizer's next step would make to `param`, computed without stepping."""
+    """The change the optimizer's next step would make to `param`, computed without stepping
+    (with `fresh`, the change of a first step, as if it had no state)."""
     # Scores are normalised, so only the ratio of learning rates between groups matters; a
     # warm-up learning rate of 0 would make every score 0, so fall back to the initial one.
     lr = float(group.get("lr", 0.0)) or float(group.get("initial_lr", 0.0)) or 1.0
@@ -191,7 +204,7 @@ def _trial_update(
     if weight_decay and not decoupled:  # Adam's L2 penalty enters the moments
         grad = grad + weight_decay * weight
     beta1, beta2 = group["betas"]
-    state = optimizer.state.get(param, {})
+    state = {} if fresh else optimizer.state.get(param, {})
     step = float(state.get("step", 0)) + 1
     exp_avg = _state_tensor(state, "exp_avg", weight)
     exp_avg_sq = _state_tensor(state, "exp_avg_sq", weight)

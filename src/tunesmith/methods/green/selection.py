@@ -168,6 +168,42 @@ def select_tensors(
     )
 
 
+def select_grouped(
+    importance: Sequence[float],
+    t_dw: Sequence[float],
+    t_dy: Sequence[float],
+    budget: float,
+    groups: Sequence[Sequence[int]],
+    levels: int = DEFAULT_LEVELS,
+) -> Selection:
+    """`select_tensors` where each group of consecutive tensors is selected as a whole.
+
+    A group of consecutive tensors selected together costs the sum of their t_dw and t_dy
+    (the running OR of the mask is the same across the group), so the grouped problem is
+    exact. `groups` lists positions, forward order, and covers every tensor once.
+    """
+    n = len(importance)
+    if sorted(k for g in groups for k in g) != list(range(n)) or any(
+        list(g) != list(range(g[0], g[0] + len(g))) for g in groups
+    ):
+        raise ValueError("groups must be runs of consecutive positions covering every tensor")
+
+    def total(values: Sequence[float]) -> list[float]:
+        return [sum(values[k] for k in g) for g in groups]
+
+    chosen = select_tensors(total(importance), total(t_dw), total(t_dy), budget, levels)
+    mask = [False] * n
+    for group, selected in zip(groups, chosen.mask, strict=True):
+        for k in group:
+            mask[k] = selected
+    return Selection(
+        mask=tuple(mask),
+        importance=chosen.importance,
+        backward=float(planned_backward(mask, t_dw, t_dy)),
+        backward_fraction=backward_fraction(mask, t_dw, t_dy),
+    )
+
+
 def solve_quantised(importance: Sequence[float], q: Quantised) -> tuple[float, tuple[bool, ...]]:
     """The exact DP of §6.5 on the discretised problem: (best Σ I, mask in forward order)."""
     n = len(importance)

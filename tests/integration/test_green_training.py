@@ -159,3 +159,16 @@ def _same(a: dict, b: dict) -> bool:
 def _leaves_and_returns(trained: list[bool]) -> bool:
     text = "".join("1" if t else "0" for t in trained)
     return "10" in text and "1" in text[text.index("10") + 1 :]
+
+
+def test_adapter_lora_trains_through_the_library_and_saves_an_adapter(tmp_path):
+    losses, log = run_green(
+        tmp_path, "llama", 12, rho=0.6, adapter="lora", select_unit="step", select_every=6,
+        **{"lora_r": 4},
+    )  # fmt: skip
+    assert sum(losses[-3:]) < sum(losses[:3])
+    assert "lora_A" in log and "lora_B" in log  # adapters are what gets selected
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").exists() and (
+        final / "adapter_model.safetensors"
+    ).exists()

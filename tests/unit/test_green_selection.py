@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -154,3 +155,27 @@ def test_selectable_tensors_are_those_that_fit_alone():
     # Alone as the earliest selected tensor: 4+10, 1+5, 1+3, 1+1.
     assert selectable(t_dw, t_dy, budget=5) == [False, False, True, True]
     assert selectable(t_dw, t_dy, budget=6) == [False, True, True, True]
+
+
+def test_grouped_selection_equals_brute_force_over_whole_groups():
+    from tunesmith.methods.green.selection import planned_backward, select_grouped
+
+    gen = random.Random(3)
+    for _ in range(30):
+        n = 8
+        t_dw = [gen.randint(1, 6) for _ in range(n)]
+        t_dy = [gen.randint(0, 4) for _ in range(n)]
+        importance = [gen.uniform(-0.2, 1.0) for _ in range(n)]
+        groups = [[0], [1, 2], [3], [4, 5], [6, 7]]
+        # Half a unit off the integer costs: rounding never decides at the boundary.
+        budget = int(0.6 * (sum(t_dw) + sum(t_dy))) + 0.5
+        chosen = select_grouped(importance, t_dw, t_dy, budget, groups, levels=100000)
+        best = 0.0
+        for bits in itertools.product((False, True), repeat=len(groups)):
+            mask = [bits[g] for g, group in enumerate(groups) for _ in group]
+            if planned_backward(mask, t_dw, t_dy) <= budget:
+                best = max(best, sum(i for i, m in zip(importance, mask) if m))
+        assert chosen.backward <= budget
+        assert chosen.importance == pytest.approx(best, abs=1e-9)
+        for group in groups:  # whole groups only
+            assert len({chosen.mask[k] for k in group}) == 1

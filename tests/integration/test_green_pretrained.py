@@ -130,7 +130,6 @@ def train_selection(model, mask_names, batches, steps: int = 12) -> float:
     return mean_loss(model, batches[8:])
 
 
-@pytest.mark.slow
 def test_shuffled_importance_selects_worse_tensors(stories, samsum_batches):
     """The ablation: the same budget and DP, importance shuffled across tensors, trains worse."""
     model = load(stories)

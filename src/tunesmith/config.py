@@ -3,15 +3,17 @@
     cfg = load_config("configs/quickstart.yaml", ["train.max_steps=50", "method.name=lora"])
 
 Every field carries its help text in `metadata["help"]`; `tunesmith config --explain` prints them.
-Unknown keys anywhere are errors with a "did you mean" hint. `method` and `strategy` are tagged
-unions: `name` picks the options dataclass that the method's or strategy's own module defines, so
-an option of another method (`method.rho` on a LoRA run) is an unknown key like any other.
+Unknown keys anywhere are errors with a "did you mean" hint. `method`, `strategy` and `objective`
+are tagged unions: `name` picks the options dataclass that the method's, strategy's or objective's
+own module defines, so an option of another method (`method.rho` on a LoRA run) is an unknown key
+like any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,6 +185,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: Any = None  # the selected method's Options dataclass (tagged by its `name`)
     strategy: Any = None  # the selected strategy's Options dataclass
+    objective: Any = None  # the selected objective's Options dataclass (sft, dpo, orpo, ...)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -206,15 +209,17 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
 }
 TOP_LEVEL = ("output_dir", "seed", "resume", "plugins")
-DEFAULT_METHOD, DEFAULT_STRATEGY = "full", "single"
+DEFAULT_METHOD, DEFAULT_STRATEGY, DEFAULT_OBJECTIVE = "full", "single", "sft"
+UNIONS = ("method", "strategy", "objective")
 
 
 def _union_registries() -> dict[str, dict[str, type]]:
     # Imported here: the registries import torch and the methods, which config users may not need.
     from tunesmith.methods import METHODS
+    from tunesmith.objectives import OBJECTIVES
     from tunesmith.strategies import STRATEGIES
 
-    return {"method": METHODS, "strategy": STRATEGIES}
+    return {"method": METHODS, "strategy": STRATEGIES, "objective": OBJECTIVES}
 
 
 # ---------------------------------------------------------------- loading
@@ -280,14 +285,15 @@ def apply_override(raw: dict, item: str) -> None:
 
 def config_from_dict(raw: dict, source: str = "<config>") -> Config:
     """Build a Config from a nested dict (as read from YAML)."""
-    unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL) - {"method", "strategy"}
+    unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL) - set(UNIONS)
     for key in sorted(unknown):
-        _unknown_key(source, key, [*SECTIONS, *TOP_LEVEL, "method", "strategy"])
+        _unknown_key(source, key, [*SECTIONS, *TOP_LEVEL, *UNIONS])
     cfg = Config()
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, raw.get(name) or {}, name, source))
     registries = _union_registries()
-    for name, default in (("method", DEFAULT_METHOD), ("strategy", DEFAULT_STRATEGY)):
+    defaults = (DEFAULT_METHOD, DEFAULT_STRATEGY, DEFAULT_OBJECTIVE)
+    for name, default in zip(UNIONS, defaults):
         section = raw.get(name) or {}
         if isinstance(section, str):  # `method: lora` is shorthand for `method: {name: lora}`
             section = {"name": section}
@@ -315,6 +321,8 @@ def build_dataclass(cls: type, values: Any, prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if keyword.iskeyword(key) and f"{key}_" in names:  # `lambda` is stored as `lambda_`
+            key = f"{key}_"
         if key not in names:
             _unknown_key(source, f"{prefix}.{key}", [f"{prefix}.{n}" for n in names])
         kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}", source)
@@ -448,7 +456,7 @@ def explain(section: str | None = None) -> str:
     for name, cls in SECTIONS.items():
         if wanted in (None, name):
             blocks.append((name, cls))
-    for name in ("method", "strategy"):
+    for name in UNIONS:
         for tag, impl in registries[name].items():
             if wanted in (None, name) and (
                 section is None or "." not in section or section.split(".")[1] == tag
@@ -464,7 +472,7 @@ def explain(section: str | None = None) -> str:
     else:
         out = []
     if not blocks and not out:
-        known = [*SECTIONS, "method", "strategy", "top"]
+        known = [*SECTIONS, *UNIONS, "top"]
         raise UserError(f"unknown config section {section!r}", f"choose one of {', '.join(known)}")
     for title, cls in blocks:
         out.append(f"{title}:")
@@ -473,7 +481,8 @@ def explain(section: str | None = None) -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = _type_name(typing.get_type_hints(cls)[f.name])
-            out.append(f"  {f.name}: {kind} = {default!r}")
+            key = f.name[:-1] if keyword.iskeyword(f.name[:-1]) else f.name  # lambda_ -> lambda
+            out.append(f"  {key}: {kind} = {default!r}")
             if f.metadata.get("help"):
                 out.append(f"      {f.metadata['help']}")
         out.append("")
@@ -494,7 +503,7 @@ def markdown_reference() -> str:
     """Every section's keys as markdown tables (docs/config_reference.md is this output)."""
     registries = _union_registries()
     blocks: list[tuple[str, type]] = [(name, cls) for name, cls in SECTIONS.items()]
-    for union in ("method", "strategy"):
+    for union in UNIONS:
         blocks += [
             (f"{union} (name: {tag})", impl.Options) for tag, impl in registries[union].items()
         ]
@@ -520,7 +529,8 @@ def markdown_reference() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = _type_name(hints[f.name]).replace("|", "\\|")
-            out.append(f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |")
+            key = f.name[:-1] if keyword.iskeyword(f.name[:-1]) else f.name  # lambda_ -> lambda
+            out.append(f"| `{key}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |")
     return "\n".join(out) + "\n"
 
 

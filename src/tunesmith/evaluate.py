@@ -25,32 +25,61 @@ from tunesmith.generate import (
     prompt_limits,
 )
 from tunesmith.metrics import score
-from tunesmith.train.loss import token_loss
 
 
 @torch.no_grad()
 def validation_metrics(
-    model: nn.Module, data: DataBundle, strategy: Any, batch_size: int, max_batches: int | None
+    model: nn.Module,
+    data: DataBundle,
+    strategy: Any,
+    batch_size: int,
+    max_batches: int | None,
+    objective: Any = None,
+    reference: Any = None,
 ) -> dict[str, float]:
-    """`val_loss` (mean nats per target token over the whole set) and `val_ppl`; {} if no data.
+    """`val_loss` (the objective's loss over the whole set: mean nats per target token for
+    supervised runs, with `val_ppl`) and the objective's metrics as `val_<name>`; {} if no data.
 
     Every rank evaluates its strided share; sums are reduced, so the result does not depend on the
     number of processes or the batch size.
     """
+    from tunesmith.objectives.sft import Sft
+
     if not data.validation:
         return {}
+    objective = objective or Sft()
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=strategy.device)
+    sums: dict[str, torch.Tensor] = {}
     for batch in data.eval_batches(batch_size, strategy.rank, strategy.world_size, max_batches):
+        counts = objective.counts(batch)
         batch = {k: v.to(strategy.device) for k, v in batch.items()}
         with strategy.micro_batch(is_last=True):
-            loss_sum, tokens = token_loss(model, batch)
-        totals += torch.stack([loss_sum.double(), tokens.double()])
-    totals = strategy.reduce_sum(totals)
+            loss_sums, metrics = objective.loss(model, batch, reference)
+        for unit, value in loss_sums.items():
+            count = torch.tensor(float(counts[unit]), dtype=torch.float64)
+            _add(sums, f"loss/{unit}", value.double(), count)
+        for name, (value, count) in metrics.items():
+            _add(sums, name, value.double(), count.double())
+    names = sorted(sums)
+    totals = strategy.reduce_sum(torch.stack([sums[n] for n in names]))
     model.train(was_training)
-    loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+    reduced = dict(zip(names, totals))
+    loss = sum(float(v[0] / v[1].clamp(min=1)) for n, v in reduced.items() if n.startswith("loss/"))
+    out = {"val_loss": loss}
+    if objective.loss_is_nll:
+        out["val_ppl"] = math.exp(min(loss, 50.0))
+    for name, (value, count) in reduced.items():
+        if not name.startswith("loss/") and count > 0:
+            out[f"val_{name}"] = float(value / count)
+    return out
+
+
+def _add(
+    sums: dict[str, torch.Tensor], name: str, value: torch.Tensor, count: torch.Tensor
+) -> None:
+    pair = torch.stack([value, count.to(value.device)])
+    sums[name] = sums[name] + pair if name in sums else pair
 
 
 def task_metrics(

@@ -65,15 +65,18 @@ def describe_stats(split: str, s: SplitStats) -> str:
 def collate(
     items: list[Encoded], pad_id: int, encoder_decoder: bool, pad_left: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Pad a list of encoded examples into tensors (labels padded with -100)."""
+    """Pad a list of encoded examples into tensors (labels padded with -100).
+
+    Preference pairs become chosen rows followed by rejected rows (one forward scores both);
+    KTO examples also get their mismatched KL rows (see `collate_unpaired`).
+    """
+    if items[0].rejected_ids is not None:
+        return collate_pairs(items, pad_id)
+    if items[0].desirable is not None:
+        return collate_unpaired(items, pad_id)
 
     def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        padded = [
-            ([value] * (width - len(r)) + r) if pad_left else (r + [value] * (width - len(r)))
-            for r in rows
-        ]
-        return torch.tensor(padded, dtype=torch.long)
+        return _pad(rows, value, pad_left)
 
     batch = {
         "input_ids": pad([e.input_ids for e in items], pad_id),
@@ -82,6 +85,55 @@ def collate(
     }
     if encoder_decoder:
         batch["decoder_attention_mask"] = pad([[1] * len(e.labels) for e in items], 0)
+    return batch
+
+
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [
+        ([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def _rows(ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": _pad(ids, pad_id),
+        "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+        "labels": _pad(labels, IGNORE),
+    }
+
+
+def collate_pairs(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pairs as 2B rows: the chosen rows, then the rejected rows, padded right to one width."""
+    ids = [e.input_ids for e in items] + [e.rejected_ids or [] for e in items]
+    labels = [e.labels for e in items] + [e.rejected_labels or [] for e in items]
+    batch = _rows(ids, labels, pad_id)
+    if all(e.ref_logps is not None for e in items):
+        refs = [e.ref_logps[0] for e in items] + [e.ref_logps[1] for e in items]  # type: ignore[index]
+        batch["ref_logps"] = torch.tensor(refs, dtype=torch.float64)
+    return batch
+
+
+def _split_prompt(e: Encoded) -> tuple[list[int], list[int]]:
+    start = next((i for i, t in enumerate(e.labels) if t != IGNORE), len(e.labels))
+    return e.input_ids[:start], e.input_ids[start:]
+
+
+def collate_unpaired(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """KTO examples, their `desirable` flags, and the KL rows (x_i, y_(i-1)): the completions
+    rotated by one within the batch, as TRL's KTOTrainer builds its KL estimate."""
+    batch = _rows([e.input_ids for e in items], [e.labels for e in items], pad_id)
+    batch["desirable"] = torch.tensor([bool(e.desirable) for e in items], dtype=torch.long)
+    parts = [_split_prompt(e) for e in items]
+    completions = [c for _, c in parts]
+    rotated = completions[-1:] + completions[:-1]
+    kl_ids = [p + c for (p, _), c in zip(parts, rotated)]
+    kl_labels = [[IGNORE] * len(p) + c for (p, _), c in zip(parts, rotated)]
+    kl = _rows(kl_ids, kl_labels, pad_id)
+    batch.update({f"kl_{k}": v for k, v in kl.items()})
+    if all(e.ref_logps is not None for e in items):
+        batch["ref_logps"] = torch.tensor([e.ref_logps[0] for e in items], dtype=torch.float64)  # type: ignore[index]
     return batch
 
 
@@ -287,6 +339,7 @@ class DataBundle:
     encoder_decoder: bool
     pad_id: int
     from_cache: bool = False
+    cache_path: Path | None = None  # this data's folder in the tokenised-data cache
 
     def eval_batches(
         self, batch_size: int, rank: int, world: int, max_batches: int | None = None
@@ -301,7 +354,10 @@ class DataBundle:
         share = -(-len(self.validation) // world)
         if self.validation and len(mine) < share:
             filler = self.validation[0]
-            mine = mine + [Encoded(filler.input_ids, [IGNORE] * len(filler.labels), False)]
+            blank = dataclasses.replace(filler, labels=[IGNORE] * len(filler.labels))
+            if blank.rejected_labels is not None:
+                blank.rejected_labels = [IGNORE] * len(blank.rejected_labels)
+            mine = mine + [blank]
         limit = len(mine) if max_batches is None else min(len(mine), max_batches * batch_size)
         for start in range(0, limit, batch_size):
             yield collate(mine[start : start + batch_size], self.pad_id, self.encoder_decoder)
@@ -438,6 +494,34 @@ def tokenized_splits(
     return {name: (ex, SplitStats(**stats)) for name, (ex, stats) in splits.items()}, hit
 
 
+DATA_KINDS = {
+    "tokens": "a supervised format (input_output, alpaca, chat, completion)",
+    "pairs": "data.format=preference ({prompt, chosen, rejected} records)",
+    "unpaired": "data.format=kto ({prompt, completion, label} records)",
+}
+
+
+def data_kind_of(example: Encoded) -> str:
+    """tokens, pairs or unpaired: what kind of example the formats made."""
+    if example.rejected_ids is not None:
+        return "pairs"
+    return "tokens" if example.desirable is None else "unpaired"
+
+
+def check_data_kind(cfg: Config, examples: list[Encoded]) -> None:
+    """Every example is of the kind the objective trains on (pairs for DPO, ...)."""
+    from tunesmith.objectives import OBJECTIVES
+
+    wanted = OBJECTIVES[cfg.objective.name].data_kind
+    found = {data_kind_of(e) for e in examples}
+    for kind in sorted(found - {wanted}):
+        raise UserError(
+            f"objective.name={cfg.objective.name} trains on {DATA_KINDS[wanted]}, but the data "
+            f"holds {DATA_KINDS[kind]}",
+            "set data.format (per dataset entry) or objective.name to match",
+        )
+
+
 def _check_packing(cfg: Config, encoder_decoder: bool) -> int:
     d = cfg.data
     if encoder_decoder:
@@ -466,6 +550,7 @@ def build_dataloaders(
     train, train_stats = splits["train"]
     if not train:
         raise UserError(f"data.train={cfg.data.train!r}: no training examples", "check the files")
+    check_data_kind(cfg, train + splits["validation"][0])
     entries = dataset_entries(cfg.data, "train")
     labels = [e.label for e in entries]
     sizes = [sum(1 for e in train if e.source == k) for k in range(len(entries))]
@@ -500,6 +585,7 @@ def build_dataloaders(
             "lower train.batch_size or add data",
         )
     validation, val_stats = splits["validation"]
+    folder = _cache_folder(cfg)
     return DataBundle(
         train=batches,
         validation=validation,
@@ -508,4 +594,5 @@ def build_dataloaders(
         encoder_decoder=encoder_decoder,
         pad_id=pad_id,
         from_cache=hit,
+        cache_path=None if folder is None else folder / _key(cfg, tokenizer, encoder_decoder),
     )

@@ -107,9 +107,12 @@ def ensure_pad_token(tokenizer: Any) -> None:
 
 
 def load_model(
-    model_cfg: ModelConfig, precision: str, activation_checkpointing: bool
+    model_cfg: ModelConfig, precision: str, activation_checkpointing: bool, head: str = "lm"
 ) -> LoadedModel:
     """Build or load the model and tokenizer for training.
+
+    `head="score"` (reward models) loads a one-output sequence-classification head instead of
+    the LM head, so the result saves and reloads with AutoModelForSequenceClassification.
 
     Raises:
         UserError: missing model, unreadable folder, quantization that cannot run here.
@@ -119,6 +122,14 @@ def load_model(
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     dtype = resolve_dtype(model_cfg, precision)
     tokenizer = load_tokenizer(model_cfg)
+    if head == "score":
+        from transformers import AutoModelForSequenceClassification
+
+        auto = AutoModelForSequenceClassification
+        hf_config.num_labels = 1
+        # The head scores each row at its last non-padding token, found from pad_token_id.
+        if hf_config.pad_token_id is None:
+            hf_config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.config is not None:
         if model_cfg.quantization != "none":
             raise UserError(
@@ -132,6 +143,8 @@ def load_model(
         torch.set_default_dtype(torch_default)
     else:
         kwargs = _source_kwargs(model_cfg)
+        if head == "score":
+            kwargs.update(num_labels=1, pad_token_id=hf_config.pad_token_id)
         if model_cfg.gguf_file:
             # Dequantized to plain tensors: without this transformers 5 keeps its GGUF quantizer
             # on the model, which then refuses to train or to save.

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_objectives_trl import encoded_pairs, pair_records
 
 from conftest import build_tiny_model
-from test_objectives_trl import encoded_pairs, pair_records
 from tunesmith.config import TrainConfig
 from tunesmith.data.loader import collate
 from tunesmith.objectives import OBJECTIVES

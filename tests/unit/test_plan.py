@@ -60,3 +60,16 @@ def test_compare_lists_every_method():
     assert len(plans) == len(METHODS)
     assert all(not isinstance(p, Exception) for p in plans), plans
     assert all(p.total < 1 * GIB for p in plans)
+
+
+def test_a_frozen_reference_copy_is_counted_only_where_one_is_held():
+    sft = plan(cfg_for())
+    dpo_full = plan(cfg_for("objective.name=dpo"))
+    assert dpo_full.weights - sft.weights == 4 * sft.shape.total_params  # the fp32 copy
+    precomputed = plan(cfg_for("objective.name=dpo", "objective.precompute_reference=true"))
+    assert precomputed.weights == sft.weights
+    lora, dpo_lora = (
+        plan(cfg_for("method.name=lora")),
+        plan(cfg_for("method.name=lora", "objective.name=dpo")),
+    )
+    assert dpo_lora.weights == lora.weights  # adapters disabled: no copy

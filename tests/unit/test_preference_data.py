@@ -163,3 +163,20 @@ def test_packing_with_a_preference_objective_is_refused_before_loading(tmp_path)
     argv = preference_overrides(tmp_path, **{"data.packing": True, "data.max_seq_len": 64})
     with pytest.raises(UserError, match="scores whole responses: set data.packing=false"):
         train(load_config(None, argv))
+
+
+def test_data_preview_shows_a_pair_with_both_loss_masks(tmp_path):
+    from conftest import preference_overrides
+    from tunesmith.data.preview import preview_text
+    from tunesmith.models.load import load_tokenizer
+
+    cfg = load_config(None, preference_overrides(tmp_path))
+    text = preview_text(cfg, load_tokenizer(cfg.model), False, 1)
+    chosen = next(line for line in text.splitlines() if line.startswith("chosen:"))
+    rejected = next(line for line in text.splitlines() if line.startswith("rejected:"))
+    assert "⟦" in chosen and "⟦" in rejected
+    # The same untrained prompt before both responses.
+    assert (
+        chosen.split("⟦")[0].split(":", 1)[1].strip()
+        == rejected.split("⟦")[0].split(":", 1)[1].strip()
+    )

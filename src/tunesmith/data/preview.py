@@ -80,10 +80,19 @@ def render(bundle: DataBundle, cfg: Config, tokenizer: Any, n: int) -> str:
     ]
     out = [f"== first {min(n, len(examples))} training examples (trained tokens in ⟦ ⟧) =="]
     for i, example in enumerate(examples[:n]):
+        kind = (
+            ""
+            if example.desirable is None
+            else (", desirable" if example.desirable else ", undesirable")
+        )
         out += [
-            f"-- example {i} ({len(example.input_ids)} tokens)",
-            marked_text(tokenizer, example, bundle.encoder_decoder),
+            f"-- example {i} ({len(example.input_ids)} tokens{kind})",
+            ("chosen:   " if example.rejected_ids is not None else "")
+            + marked_text(tokenizer, example, bundle.encoder_decoder),
         ]
+        if example.rejected_ids is not None:  # a pair: the rejected side with its own mask
+            rejected = Encoded(example.rejected_ids, example.rejected_labels or [], False)
+            out.append("rejected: " + marked_text(tokenizer, rejected, bundle.encoder_decoder))
     out.append("== splits ==")
     for split, stats in bundle.stats.items():
         out.append(describe_stats(split, stats))

@@ -182,6 +182,23 @@ def _sharding(cfg: Any, world: int) -> dict[str, float]:
     return one
 
 
+def reference_bytes(cfg: Any, shape: ModelShape, param_bytes: int) -> float:
+    """Bytes of the frozen reference copy DPO/KTO hold beside a full or freeze policy (objectives/
+    reference.py). Adapter methods disable their adapters instead and a precomputed reference
+    is a cache of log-probs: both hold no second model."""
+    from tunesmith.methods import METHODS
+    from tunesmith.objectives import OBJECTIVES
+
+    objective = getattr(cfg, "objective", None)
+    if objective is None or not OBJECTIVES[objective.name].needs_reference:
+        return 0.0
+    if METHODS[cfg.method.name].capabilities.adapter_only_save:
+        return 0.0
+    if getattr(objective, "precompute_reference", False):
+        return 0.0
+    return float(shape.total_params * param_bytes)
+
+
 def plan(
     cfg: Any,
     device: str = "cpu",
@@ -221,6 +238,7 @@ def plan(
     weights /= shard["weights"]
     gradients /= shard["gradients"]
     optimizer /= shard["optimizer"]
+    weights += reference_bytes(cfg, shape, param_bytes)
     offloaded = 0.0
     if shard["offload_optimizer"]:
         offloaded += optimizer

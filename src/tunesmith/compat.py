@@ -57,9 +57,9 @@ def objective_refusals(cfg: Config, capabilities: Capabilities, encoder_decoder:
         out.append(f"objective {name} is for decoder-only models")
     if cfg.data.packing:
         out.append(f"objective {name} scores whole responses: set data.packing=false")
-    if objective.head == "score" and (
-        capabilities.adapter_only_save or capabilities.dynamic_trainable
-    ):
+    # The new score head must train from the first step and be saved whole: only `full` does
+    # both (freeze's layer choice and Green Trainer's selection do not know the head).
+    if objective.head == "score" and cfg.method.name != "full":
         out.append(
             f"objective {name} trains a new score head, which method {cfg.method.name} does not "
             "train and save: use method.name=full"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import preference_overrides, write_pairs
@@ -66,3 +67,22 @@ def test_reward_model_reloads_as_a_sequence_classifier(tmp_path, tokenizer):
         score = model(**chosen).logits
     assert score.shape == (1, 1) and torch.isfinite(score).all()
     assert "val_reward_accuracy" in summary
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("prefix", {"method.num_virtual_tokens": 4}),
+        ("prompt", {"method.num_virtual_tokens": 4}),
+        ("ia3", {}),
+        ("llama_adapter", {}),
+        ("freeze", {"method.train_top_layers": 1}),
+        ("green", {}),
+    ],
+)
+def test_dpo_runs_with_every_other_method(tmp_path, method, extra):
+    """Adapter methods use the policy with adapters disabled as the reference, freeze and green
+    a frozen copy; each trains two steps and logs finite preference metrics."""
+    summary = train(load_config(None, preference_overrides(tmp_path, method, 2, **extra)))
+    assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]
+    assert all(summary[k] == summary[k] for k in ("reward_margin", "val_reward_accuracy"))

@@ -156,11 +156,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.data.preview import preview_text
-    from tunesmith.models.load import is_encoder_decoder, load_config_of, load_tokenizer
+    from tunesmith.models.load import (
+        is_encoder_decoder,
+        load_config_of,
+        load_tokenizer,
+        model_context,
+    )
 
-    cfg = load_config(args.config, args.overrides)
-    encoder_decoder = is_encoder_decoder(cfg.model, load_config_of(cfg.model))
-    print(preview_text(cfg, load_tokenizer(cfg.model), encoder_decoder, args.n))
+    cfg = load_config(*split_recipe(args.config, args.overrides))
+    hf_config = load_config_of(cfg.model)
+    encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    print(preview_text(cfg, tokenizer, encoder_decoder, args.n, model_context(hf_config)))
     return 0
 
 
@@ -243,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True
     )
     p = data.add_parser("preview", help="formatted examples, lengths, truncation, packing")
-    p.add_argument("config", help="recipe YAML")
+    p.add_argument("config", nargs="?", help="recipe YAML (or only key=value overrides)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--n", type=int, default=5, help="examples to show")
     p.set_defaults(func=cmd_data_preview)

@@ -127,16 +127,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or cfg.data.max_seq_len or cfg.data.cutoff_len or 512
     names = list(METHODS) if args.compare else [cfg.method.name]
     plans = compare_methods(cfg, names, device=args.device, world=args.gpus, seq_len=seq_len)
+    m = cfg.model
     print(
-        f"plan: {cfg.model.name or cfg.model.config.get('model_type')} on {args.gpus} x "
-        f"{args.device}, strategy {cfg.strategy.name}, precision {cfg.train.precision}, "
+        f"plan: {m.name or m.config.get('model_type')} (dtype {m.dtype}, quantization "
+        f"{m.quantization}) on {args.gpus} x {args.device}, strategy {cfg.strategy.name}, "
+        f"precision {cfg.train.precision}, activation checkpointing "
+        f"{'on' if cfg.train.activation_checkpointing else 'off'}, "
         f"batch {cfg.train.batch_size} x {seq_len} tokens per device"
     )
     print(format_plans(plans, names))
     print(
-        "Estimates from first principles (docs/planning.md); allow 10-20% for allocator and "
-        "framework buffers. 'fits' keeps 15% headroom."
+        "Estimates from first principles (docs/planning.md), within 10% of measured peaks in "
+        "bench/plan_accuracy.py; allow 10-20% for allocator and framework buffers. 'fits' keeps "
+        "15% headroom."
     )
+    own = plans[names.index(cfg.method.name)] if cfg.method.name in names else None
+    if own is not None and not isinstance(own, Exception) and not own.fits:
+        from tunesmith.estimate.fit import what_would_fit
+
+        options = what_would_fit(cfg, args.device, args.gpus, seq_len)
+        print(f"\nThe recipe does not fit {args.device}. What would fit:")
+        for option in options or []:
+            print(f"  {option.describe()}")
+        if not options:
+            print("  no single change does: a device with more memory, or several changes at once")
     return 0
 
 
@@ -227,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="memory and FLOPs per device before launching")
     p.add_argument("config", nargs="?", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--device", default="cpu", help="cpu, a100-80gb, h100-80gb, l4-24gb, ...")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, l4-24gb, a100-80gb, h100-80gb, h200-141gb, ..."
+    )
     p.add_argument("--gpus", type=int, default=1, help="processes / devices in total")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example (padded)")
     p.add_argument("--compare", action="store_true", help="every registered method side by side")

@@ -185,8 +185,27 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help, except where there is nothing to show (None,
+    off switches) or the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models.")
+    """The `tunesmith` argument parser: every subcommand, every flag with help and its default."""
+    from tunesmith import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tunesmith",
+        description="Fine-tune language models.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML recipe")
@@ -201,14 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder or model/adapter folder")
     p.add_argument("--input", required=True, help="jsonl of records (same fields as training)")
     p.add_argument("--output", required=True, help="jsonl to write (records + generated_text)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--do-sample", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: none)")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="penalty on repeated tokens"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument(
         "--adapter",
         action="append",
@@ -232,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="jsonl with the fields used in training")
     p.add_argument("--metrics", default="rougeL", help="comma-separated: rouge1,rougeL,f1,...")
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: none)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--predictions", help="also write prompts, references and generations here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -270,7 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--n", type=int, default=5, help="examples to show")
     p.set_defaults(func=cmd_data_preview)
+    for each in all_parsers(parser):  # `--help` of every subcommand shows the defaults too
+        each.formatter_class = HelpFormatter
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser below it, depth first."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases once
+                out += all_parsers(child)
+    return out
 
 
 def quiet_third_party_noise() -> None:

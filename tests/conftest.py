@@ -140,6 +140,39 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def numbers_cfg(*extra: str):
+    """The tiny number-spelling data as a recipe without a model (data tests), uncached."""
+    from tunesmith.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.train={NUMBERS / 'train.jsonl'}",
+            "data.input_format='Spell __input__ in words:'",
+            "data.output_format=' __output__'",
+            "data.cache=false",
+            "train.batch_size=4",
+            *extra,
+        ],
+    )
+
+
+def token_spans(tokenizer, encoded, trained: bool = True) -> list[str]:
+    """Decoded runs of an encoded example's tokens that are (or, trained=False, are not) trained."""
+    from tunesmith.data.tokenize import IGNORE
+
+    out, run = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if (label != IGNORE) == trained:
+            run.append(token)
+        elif run:
+            out.append(tokenizer.decode(run))
+            run = []
+    if run:
+        out.append(tokenizer.decode(run))
+    return out
+
+
 def write_pairs(path: Path, n: int = 120) -> Path:
     """{prompt, chosen, rejected} pairs from the number-spelling task: chosen is the right
     spelling, rejected another number's (for preference objectives)."""

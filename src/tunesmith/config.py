@@ -31,7 +31,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
 
 
 @dataclass
@@ -91,6 +91,11 @@ class DataConfig:
     packing: bool = option(False, "Pack several examples into one row of max_seq_len tokens.")
     max_seq_len: int | None = option(None, "Row length for packing.")
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
+    pad_to_multiple_of: int | None = option(
+        None,
+        "Pad each padded batch's length up to a multiple of this (never past the longest "
+        "example); default 64 when train.compile is on (few shapes to compile), else 1.",
+    )
     num_workers: int = option(
         0, "Processes that tokenise large sets (2,000+ examples); 0/1: one process."
     )
@@ -126,11 +131,25 @@ class TrainConfig:
         "adamw_stochastic (keep learning on bf16-pure weights).",
     )
     max_grad_norm: float | None = option(1.0, "Clip the global gradient norm (null: no clipping).")
-    precision: Precision = option("fp32", "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure.")
+    precision: Precision = option(
+        "auto",
+        "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure; auto = bf16-mixed on a CUDA GPU "
+        "with bf16, else fp32 (resolved when the config loads).",
+    )
     activation_checkpointing: bool = option(
         False, "Recompute activations in backward (non-reentrant)."
     )
-    compile: bool = option(False, "torch.compile the model (slow first step, faster after).")
+    compile: bool | Literal["auto"] = option(
+        "auto",
+        "torch.compile the transformer blocks (slow first steps, faster after); auto = on for "
+        "one-process runs on CUDA or on CPU with bf16 (docs/speed.md).",
+    )
+    kernels: Literal["none", "liger"] = option(
+        "none", "liger: Liger-Kernel's fused linear cross-entropy, RMSNorm, RoPE, SwiGLU (CUDA)."
+    )
+    loss_chunk_size: int = option(
+        2048, "Target positions per LM-head + cross-entropy chunk (bounds logits memory; 0: one)."
+    )
     log_every: int = option(10, "Log loss, lr and throughput every N optimizer steps.")
     max_bad_steps: int = option(10, "Stop after this many non-finite steps in a row.")
     dist_timeout: int = option(1800, "Seconds a collective may wait before the run fails.")
@@ -304,6 +323,10 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
         if key in raw:
             f = next(f for f in dataclasses.fields(Config) if f.name == key)
             setattr(cfg, key, coerce(raw[key], f.type, key, source))
+    if cfg.train.precision == "auto":
+        from tunesmith.strategies.base import default_precision
+
+        cfg.train.precision = default_precision(getattr(cfg.strategy, "device", None))
     return cfg
 
 

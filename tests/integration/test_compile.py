@@ -30,6 +30,7 @@ def test_auto_resolves_as_documented():
     assert not on("auto") and on("auto", precision="bf16-mixed") and on("auto", CUDA)
     assert on("auto", precision="bf16-pure") and not on("auto", precision="fp16-mixed")
     assert not on("auto", CUDA, quantized=True) and not on("auto", CUDA, compiles=False)
+    assert not resolve("auto", CUDA, "bf16-mixed", False, True, encoder_decoder=True).enabled
     assert on(True) and on(True, quantized=True, compiles=False) and not on(False, CUDA)
     cfg = load_config(None, [])
     assert cfg.train.compile == "auto" and load_config(None, ["train.compile=true"]).train.compile

@@ -3,10 +3,10 @@
     train: {compile: auto}      # the default: on where it is measured to pay, with a log line
     train: {compile: true}      # force it (any device, precision or strategy)
 
-What is compiled: each repeated transformer block (the children of the model's ModuleLists that
-share one class: decoder layers, T5 blocks), in place with `nn.Module.compile`. Every block of a
-model has the same code, so dynamo compiles it once and reuses the graph for all layers (a cold
-compile costs one block, not the whole model), parameter names and state dicts stay unchanged
+What is compiled: the `forward` of each repeated transformer block (the children of the model's
+ModuleLists that share one class: decoder layers, T5 blocks), in place. Every block of a model
+has the same code, so dynamo compiles it once and reuses the graph for all layers (a cold compile
+costs one block, not the whole model), parameter names and state dicts stay unchanged
 (checkpoints, adapters and `unwrap` do not see a wrapper), and the embeddings, the LM head and the
 loss stay eager: the head then runs on the target positions only (train/loss.py), whose count
 changes every step and would otherwise recompile.
@@ -14,8 +14,8 @@ changes every step and would otherwise recompile.
 Shapes: padded batches are padded to a multiple of `data.pad_to_multiple_of` (64 when compiling),
 packed rows to `data.max_seq_len`. Dynamo compiles the first length statically; at the second
 length it marks the sequence dimension dynamic (automatic dynamic shapes) and compiles one graph
-that serves every later length. So a run makes at most two training graphs per block class,
-whatever the data. `CompileStats` reads those counts from dynamo's own counters.
+that serves every later length. So a run makes at most two training graphs per block variant,
+whatever the data (one variant per class for Llama-style models; T5 has four). `CompileStats` reads those counts from dynamo's own counters.
 
 Compiled code persists between runs in inductor's on-disk caches, under
 $TORCHINDUCTOR_CACHE_DIR (default here: ~/.cache/tunesmith/inductor): a second run of the same
@@ -53,13 +53,16 @@ def resolve(
     precision: str,
     quantized: bool,
     strategy_compiles: bool,
+    encoder_decoder: bool = False,
 ) -> CompileChoice:
     """Decide `train.compile`: true/false as given; `auto` by where compiling was measured to pay.
 
     auto is on for one-process runs on CUDA, and on CPU with bf16 (2.2x with bf16 autocast in
     ../shared/design/FACTS.md; fp32 gained only 1.07-1.17x, less than a cold compile costs short
-    runs). It stays off for bitsandbytes-quantized models and for strategies that do not declare
-    `compiles_by_default` (multi-process runs are not measured compiled yet).
+    runs). It stays off for bitsandbytes-quantized models, for strategies that do not declare
+    `compiles_by_default` (multi-process runs are not measured compiled yet), and for
+    encoder-decoder models (T5 makes 8 graph variants: its first block owns the position bias,
+    encoder and decoder differ; 200 s of tracing for a tiny T5 even without code generation).
     """
     if setting is True:
         return CompileChoice(True, "train.compile=true")
@@ -67,6 +70,8 @@ def resolve(
         return CompileChoice(False, "train.compile=false")
     if quantized:
         return CompileChoice(False, "auto: bitsandbytes-quantized layers are not compiled")
+    if encoder_decoder:
+        return CompileChoice(False, "auto: encoder-decoder models are not compiled by default")
     if not strategy_compiles:
         return CompileChoice(False, "auto: this strategy is not measured compiled (set true)")
     if device.type == "cuda":
@@ -90,7 +95,13 @@ def persist_caches() -> Path:
 
 
 def compile_blocks(model: nn.Module) -> int:
-    """Compile every repeated block in place; returns how many were wrapped (0: none found).
+    """Compile every repeated block's forward in place; returns how many (0: none found).
+
+    The block class's own `forward` is compiled, not `nn.Module._call_impl` (what
+    `module.compile()` wraps): dynamo counts its recompile limit per code object, and
+    `_call_impl` is one code object for every module of the process. The limit is raised to 64
+    so a process that trains several models (a sweep, the test suite), or a method that changes
+    its trainable set (each set is a graph), keeps compiling instead of silently running eager.
 
     `TUNESMITH_COMPILE_BACKEND` picks another dynamo backend (e.g. `aot_eager`, which traces and
     partitions like inductor but generates no code: for isolating an inductor problem, and for
@@ -99,8 +110,9 @@ def compile_blocks(model: nn.Module) -> int:
     persist_caches()
     backend = os.environ.get("TUNESMITH_COMPILE_BACKEND", "inductor")
     blocks = transformer_blocks(model, [])
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in blocks:
-        block.compile(backend=backend)
+        block.forward = torch.compile(block.forward, backend=backend)
     return len(blocks)
 
 

@@ -146,6 +146,7 @@ def _run(
         cfg.train.precision,
         quantized=cfg.model.quantization != "none",
         strategy_compiles=getattr(strategy, "compiles_by_default", False),
+        encoder_decoder=encoder_decoder,
     )
     tracker.info(compiled.describe())
 

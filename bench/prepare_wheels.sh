@@ -25,7 +25,8 @@ for name in $PACKAGES; do
     spec=${pinned:-$name}
     $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --abi cp312 --platform manylinux2014_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+        --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_31_x86_64 --platform any \
         --dest "$DEST" "$spec" || echo "warning: could not fetch $spec"
 done
 ls "$DEST" | wc -l | xargs echo "wheels in $DEST:"

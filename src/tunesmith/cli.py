@@ -83,6 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tunesmith.data.formats import format_record
+    from tunesmith.data.presets import PRESET_METRICS
     from tunesmith.data.sources import read_records
     from tunesmith.evaluate import task_metrics
     from tunesmith.generate import (
@@ -99,7 +100,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, batch_size=args.batch_size
     )
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    names = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
+    if not names:  # the preset's own metrics (GLEU for JFLEG), else ROUGE-L
+        names = PRESET_METRICS.get(entry.preset or "", ["rougeL"])
     predictions = Path(args.predictions) if args.predictions else None
     results = task_metrics(model_dir, examples, names, settings, prompt_limits(entry), predictions)
     if not results:
@@ -206,10 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast the weights")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="score a trained model's generations (ROUGE, EM, F1)")
+    p = sub.add_parser(
+        "evaluate", help="score a trained model's generations (ROUGE, BLEU, chrF, GLEU, EM, F1)"
+    )
     p.add_argument("model", help="run folder or model/adapter folder")
-    p.add_argument("--data", required=True, help="jsonl with the fields used in training")
-    p.add_argument("--metrics", default="rougeL", help="comma-separated: rouge1,rougeL,f1,...")
+    p.add_argument("--data", required=True, help="data with the fields used in training")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated: rouge1,rouge2,rougeL,rougeLsum,bleu,chrf,gleu,exact_match,f1"
+        " (default: the data preset's, e.g. gleu for jfleg; else rougeL)",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-beams", type=int, default=1)

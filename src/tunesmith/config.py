@@ -67,7 +67,8 @@ class DataConfig:
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
     preset: str | None = option(
-        None, "Named dataset setup for every entry: samsum, grammar, alpaca, dolly, english_quotes."
+        None,
+        "Named dataset setup for every entry: samsum, grammar, jfleg, alpaca, dolly, english_quotes.",
     )
     format: str = option("input_output", "Record format: input_output, alpaca, chat, completion...")
     fields: dict = option({}, "Rename record fields, e.g. {input: dialogue, output: summary}.")

@@ -170,11 +170,26 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     backends: list = option(
-        [], "Experiment trackers besides metrics.jsonl: tensorboard, aim, wandb."
+        [], "Experiment trackers besides metrics.jsonl: tensorboard, mlflow, wandb, aim, trackio."
     )
     run_name: str | None = option(None, "Run name shown in trackers; default: output_dir name.")
     project: str = option("tunesmith", "Project / experiment name in trackers.")
     aim_repo: str | None = option(None, "Aim repository folder; default <output_dir>/aim.")
+    tensorboard_dir: str | None = option(
+        None, "TensorBoard log folder; default <output_dir>/tensorboard."
+    )
+    mlflow_uri: str | None = option(
+        None,
+        "MLflow tracking URI (a server: http://host:5000); default a sqlite store in"
+        " <output_dir>/mlruns.",
+    )
+    wandb_dir: str | None = option(None, "Folder W&B writes its wandb/ into; default <output_dir>.")
+    wandb_mode: Literal["offline", "online"] = option(
+        "offline", "W&B mode: offline (no account; `wandb sync` later) or online."
+    )
+    trackio_dir: str | None = option(
+        None, "trackio's local store folder; default <output_dir>/trackio."
+    )
     plot: bool = option(True, "Write loss.png (training and validation loss) at the end.")
 
 

@@ -118,6 +118,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunesmith.compare import compare_runs
+
+    print(compare_runs([Path(r) for r in args.runs], Path(args.plot)))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.estimate.memory import DEVICES, compare_methods, format_plans
@@ -226,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--predictions", help="also write prompts, references and generations here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="config differences, final metrics and losses of runs")
+    p.add_argument("runs", nargs="+", help="two or more run folders")
+    p.add_argument(
+        "--plot", default="compare.png", help="PNG of the overlaid losses (default: compare.png)"
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plan", help="memory and FLOPs per device before launching")
     p.add_argument("config", nargs="?", help="recipe YAML")

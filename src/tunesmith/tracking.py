@@ -335,12 +335,14 @@ def _open_backend(
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
-    """The resolved config as dotted keys (`train.lr`): the hyperparameters every tracker shows.
-
-    Lists, dicts and None become strings, which every tracker accepts.
-    """
+    """The resolved config as dotted keys (`train.lr`): the hyperparameters every tracker shows."""
     from tunesmith.config import to_dict
 
+    return flatten(to_dict(cfg))
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts as dotted keys; lists, empty dicts and None become JSON strings."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -352,32 +354,52 @@ def flat_config(cfg: Config) -> dict[str, Any]:
         else:
             flat[prefix] = json.dumps(value, default=str)
 
-    walk("", to_dict(cfg))
+    walk("", tree)
     return flat
 
 
 def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
     """Training and validation loss against step, as a PNG (skipped without matplotlib)."""
-    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
-    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
-    if not train and not val:
-        return
+    plot_runs({"": rows}, path)
+
+
+def plot_runs(
+    runs: dict[str, list[dict[str, Any]]],
+    path: Path,
+    title: str | None = None,
+    legend_title: str | None = None,
+) -> bool:
+    """Training loss (lines) and validation loss (dots) of several runs overlaid in one PNG.
+
+    `runs` maps a label to its metrics rows (`step`, `loss`, `val_loss`); one unlabelled run is
+    the run folder's loss.png. Returns False when there is nothing to plot or no matplotlib.
+    """
+    curves = []
+    for label, rows in runs.items():
+        for key, kind in (("loss", "train loss"), ("val_loss", "validation loss")):
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if points:
+                curves.append((f"{label} {kind}".strip(), key, points))
+    if not curves:
+        return False
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, key, points in curves:
+        style = {"marker": "o", "markersize": 3} if key == "val_loss" else {}
+        ax.plot(*zip(*points), label=label, **style)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats per target token)")
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title=legend_title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True

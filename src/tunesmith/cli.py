@@ -8,6 +8,7 @@
     tunesmith plan configs/quickstart.yaml --compare --device a100-80gb
     tunesmith config --explain train
     tunesmith train cfg.yaml strategy.name=ddp --nproc-per-node 2
+    tunesmith board --runs runs                     # web page: plan, launch, watch, compare, try
     tunesmith slurm cfg.yaml --nodes 2 --gpus-per-node 8 --partition gpu -o job.sbatch
 
 User mistakes print one line (`error: ...`) and exit with code 2.
@@ -164,6 +165,26 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from tunesmith.board.app import serve
+    except ImportError as exc:
+        raise UserError(
+            f"the board needs the `board` extra ({exc.name} is missing)",
+            "pip install 'tunesmith[board]'",
+        ) from None
+    serve(
+        Path(args.runs),
+        [Path(d) for d in args.recipes or ["configs"]],
+        args.host,
+        args.port,
+        args.auth,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="print fields, types, defaults and help (all sections, or one: train, method.lora...)",
     )
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("board", help="local web page to plan, launch, watch, compare, try runs")
+    p.add_argument("--runs", default="runs", help="folder of run folders (launches go here)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (others need --auth)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic login; required off-localhost")
+    p.add_argument(
+        "--recipes",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folder of recipes to start from (repeatable; default: configs)",
+    )
+    p.set_defaults(func=cmd_board)
 
     data = sub.add_parser("data", help="inspect the data of a recipe").add_subparsers(
         dest="data_command", required=True

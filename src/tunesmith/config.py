@@ -300,10 +300,10 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
             _unknown_key(source, f"{name}.name={tag}", list(registry), value=tag)
         options = build_dataclass(registry[tag].Options, {**section, "name": tag}, name, source)
         setattr(cfg, name, options)
+    hints = typing.get_type_hints(Config)  # resolved: `f.type` is only the annotation's text
     for key in TOP_LEVEL:
         if key in raw:
-            f = next(f for f in dataclasses.fields(Config) if f.name == key)
-            setattr(cfg, key, coerce(raw[key], f.type, key, source))
+            setattr(cfg, key, coerce(raw[key], hints[key], key, source))
     return cfg
 
 

@@ -246,6 +246,7 @@ def build_app(
         Route("/api/chat", api(chat), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+
     async def guard(request: Request, call_next: Callable) -> Response:
         refusal = _refusal(request, auth, local_only)
         if refusal is not None:

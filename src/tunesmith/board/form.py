@@ -97,7 +97,9 @@ def to_text(value: Any, kind: str) -> str:
         return (
             value
             if isinstance(value, str)
-            else yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
+            else yaml.safe_dump(
+                value, default_flow_style=True, width=10**6, sort_keys=False
+            ).strip()
         )
     return str(value)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from tunesmith.errors import UserError
 
 LOG, PID, EXIT = "board.log", "board.pid", "board.exit"
 RECIPE = "recipe.yaml"
-# A run started outside the board counts as running while its metrics keep arriving.
-FRESH_SECONDS = 120
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -66,6 +63,28 @@ def pid_alive(pid: int) -> bool:
         except (OSError, IndexError):
             return True
     return True
+
+
+def metrics_writers() -> set[str]:
+    """The metrics.jsonl files some tunesmith process holds open (a run that trains keeps its
+    file open): how a run started outside the board is seen to be running. Linux /proc only."""
+    found: set[str] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"tunesmith" not in (entry / "cmdline").read_bytes():
+                continue
+            for fd in (entry / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.endswith("metrics.jsonl"):
+                    found.add(target)
+        except OSError:  # the process ended, or it is another user's
+            continue
+    return found
 
 
 def board_pid(run: Path) -> int | None:
@@ -122,8 +141,9 @@ class RunStatus:
         return dict(self.__dict__)
 
 
-def status_of(run: Path) -> RunStatus:
-    """The status of one run folder, from the files it holds and the process that writes it."""
+def status_of(run: Path, writers: set[str] | None = None) -> RunStatus:
+    """The status of one run folder, from the files it holds and the process that writes it
+    (`writers`: from `metrics_writers`, computed here when not given)."""
     metrics = read_metrics(run)
     steps = max((int(r.get("step", 0)) for r in metrics), default=None)
     files = [run / f for f in ("metrics.jsonl", "config.yaml", LOG, "summary.json")]
@@ -140,7 +160,9 @@ def status_of(run: Path) -> RunStatus:
         status, detail = "running", f"step {steps or 0}"
     elif summary is not None and exit_code in (None, 0):
         status, detail = "finished", f"{summary.get('steps')} steps"
-    elif exit_code is None and not (run / PID).is_file() and time.time() - updated < FRESH_SECONDS:
+    elif exit_code is None and str((run / "metrics.jsonl").resolve()) in (
+        metrics_writers() if writers is None else writers
+    ):
         status, detail = "running", f"step {steps or 0} (started outside the board)"
     elif point is not None and (exit_code is None or exit_code >= 128 or exit_code == 0):
         status, detail = "stopped", f"resume point {point}"
@@ -174,8 +196,9 @@ def list_runs(root: Path) -> list[RunStatus]:
     recipe), newest first."""
     if not root.is_dir():
         return []
+    writers = metrics_writers()
     runs = [
-        status_of(p)
+        status_of(p, writers)
         for p in root.iterdir()
         if p.is_dir()
         and _NAME.match(p.name)

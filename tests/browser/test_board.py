@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import NUMBERS, ROOT, run_overrides
+from tunesmith.board.form import recipe_dict
+from tunesmith.board.jobs import Jobs
 from tunesmith.board.runs import read_metrics
 from tunesmith.cli import main
 from tunesmith.config import load_config
@@ -55,11 +57,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
-    """Two finished tiny runs that differ in their learning rate."""
+    """Two finished tiny runs that differ in their learning rate, and one the board launched
+    that failed (its data file does not exist)."""
     root = tmp_path_factory.mktemp("runs")
     for name, lr in (("alpha", 3e-3), ("beta", 1e-3)):
         overrides = run_overrides(root, steps=8, **{"train.lr": lr, "output_dir": root / name})
         assert main(["train", "--", *overrides]) == 0
+    cfg = load_config(None, run_overrides(root, steps=2, **{"data.train": "no/such.jsonl"}))
+    failed = Jobs(root, ROOT).launch("broken", recipe_dict(cfg))
+    for _ in range(240):
+        if (failed / "board.exit").is_file():
+            break
+        time.sleep(0.25)
     return root
 
 
@@ -98,10 +107,10 @@ def page(board):
         browser.close()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = True) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"board-{name}.png"), full_page=True)
+        page.screenshot(path=str(Path(SHOTS) / f"board-{name}.png"), full_page=full_page)
 
 
 def row(page, name: str):
@@ -120,15 +129,16 @@ def test_run_list_curves_and_config_diff(page, runs_dir):
     open_tab(page, "runs")
     wait_status(page, "alpha", "finished", 10)
     wait_status(page, "beta", "finished", 10)
-    for name in ("alpha", "beta"):
-        box = row(page, name).locator("input[type=checkbox]")
-        if not box.is_checked():
-            box.check()
+    wait_status(page, "broken", "failed", 10)
+    assert "no/such.jsonl" in row(page, "broken").locator(".detail").inner_text()
+    for name, wanted in (("broken", False), ("alpha", True), ("beta", True)):
+        row(page, name).locator("input[type=checkbox]").set_checked(wanted)
     losses = [r for r in read_metrics(runs_dir / "alpha") if "loss" in r]
     curve = page.locator("#chart-loss polyline[data-series='alpha loss']")
     curve.wait_for()
     assert int(curve.get_attribute("data-points")) == len(losses) > 1
-    assert page.locator("#chart-lr polyline[data-series='beta lr']").count() == 1
+    page.locator("#chart-lr polyline[data-series='beta lr']").wait_for()
+    page.wait_for_function("document.querySelectorAll('#diff-table th').length === 3")
     lr_row = page.locator("#diff-table tr[data-key='train.lr']")
     heads = page.locator("#diff-table th").all_inner_texts()[1:]
     cells = lr_row.locator("td").all_inner_texts()[1:]
@@ -147,6 +157,8 @@ def test_form_typo_gives_the_yaml_paths_one_line_error(page, tmp_path):
     with pytest.raises(UserError) as caught:
         load_config(recipe)
     assert error.inner_text() == caught.value.one_line().replace(str(recipe), "<form>")
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, "new-run", full_page=False)
 
     # The plan follows the form: a larger batch needs more activation memory.
     page.fill("[data-key='train.max_steps']", "8")
@@ -158,7 +170,6 @@ def test_form_typo_gives_the_yaml_paths_one_line_error(page, tmp_path):
         f"document.querySelector('#plan-table td.total').textContent !== {json.dumps(before)}"
     )
     page.fill("[data-key='train.batch_size']", "16")
-    shot(page, "new-run")
 
 
 def launch(page, name: str, **values: str) -> None:

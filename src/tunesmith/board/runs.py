@@ -236,6 +236,7 @@ def config_diff(configs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key in keys:
         values = {name: f.get(key) for name, f in flat.items()}
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+        first = next(iter(values.values()))
+        if any(v != first for v in values.values()):  # by value: 0 and 0.0 are the same
             rows.append({"key": key, "values": values})
     return rows

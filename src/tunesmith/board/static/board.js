@@ -95,11 +95,15 @@ function barChart(target, title, bins) {
 }
 
 // ------------------------------------------------------------------ runs tab
+let runsCall = 0;
 async function refreshRuns() {
   let data;
+  const call = ++runsCall;
   try { data = await api("/api/runs"); } catch (e) { return; }
+  if (call !== runsCall) return;
   state.runs = data.runs;
   $("#root").textContent = `runs in ${data.root}`;
+  if (!state.focus && data.runs.length) { state.focus = data.runs[0].name; if (!state.selected.size) state.selected.add(state.focus); }
   const body = $("#runs-table tbody");
   body.replaceChildren(...data.runs.map(r => {
     const box = el("input", { type: "checkbox", "data-run": r.name });
@@ -119,7 +123,6 @@ async function refreshRuns() {
       el("td", { text: fmt(s.best_val_loss) }),
       actions);
   }));
-  if (!state.focus && data.runs.length) { state.focus = data.runs[0].name; if (!state.selected.size) state.selected.add(state.focus); }
   await refreshCurves();
 }
 
@@ -129,10 +132,13 @@ async function act(name, what) {
   setTimeout(refreshRuns, 300);
 }
 
+let curvesCall = 0;
 async function refreshCurves() {
+  const call = ++curvesCall;  // a slower, older refresh must not overwrite a newer one
   const names = [...state.selected].filter(n => state.runs.some(r => r.name === n));
   let metrics = {}, rows = [];
   if (names.length) { const d = await api("/api/diff", { runs: names }); metrics = d.metrics; rows = d.rows; }
+  if (call !== curvesCall) return;
   const series = (key, dash) => names.map((n, i) => ({ name: `${n} ${key}`, color: COLORS[i % COLORS.length], dash,
     points: (metrics[n] || []).filter(r => typeof r[key] === "number").map(r => [r.step, r[key]]) }));
   lineChart($("#chart-loss"), "loss (solid: train, dashed: validation)", [...series("loss"), ...series("val_loss", "5 3")]);
@@ -145,6 +151,7 @@ async function refreshCurves() {
       ...names.map(n => el("td", { text: JSON.stringify(r.values[n]) })))) : [el("tr", {}, el("td", { text: "identical configs" }))])));
   if (state.focus && state.runs.some(r => r.name === state.focus)) {
     const d = await api(`/api/runs/${encodeURIComponent(state.focus)}`);
+    if (call !== curvesCall) return;
     $("#focus-name").textContent = `${d.name}: ${d.status} (${d.detail})`;
     const s = d.summary || {};
     const last = [...d.metrics].reverse();

@@ -105,3 +105,33 @@ def test_auth_is_required_when_set_and_off_localhost(tmp_path):
     assert _refusal(request(host="10.0.0.5:7860", authorization=good), auth, False) is None
     with pytest.raises(UserError, match="--auth"):
         serve(Path(tmp_path), [ROOT / "configs"], host="0.0.0.0")
+
+
+def test_try_streams_the_adapter_and_its_base(tmp_path):
+    """A LoRA run: the tuned answer is generate.py's; the base answer is the same model with the
+    adapter switched off."""
+    from tunesmith.board.inspect import Chatter
+    from tunesmith.cli import main
+    from tunesmith.data.formats import format_record
+    from tunesmith.generate import GenerationSettings, entry_from_record, generate_texts
+
+    overrides = run_overrides(tmp_path, method="lora", steps=4, **{"train.lr": 5e-2})
+    assert main(["train", "--", *overrides]) == 0
+    chatter = Chatter.load(tmp_path / "run")
+    tuned = "".join(chatter.stream("42", "tuned", 6)).strip()
+    base = "".join(chatter.stream("42", "base", 6)).strip()
+    loaded = chatter.loaded
+    entry = entry_from_record(loaded.record, str(tmp_path / "run"))
+    example = format_record({"input": "42"}, entry)
+    settings = GenerationSettings(6)
+    assert (
+        tuned
+        == generate_texts(
+            loaded.model, loaded.tokenizer, [example], False, settings, progress=False
+        )[0]
+    )
+    with loaded.model.disable_adapter():
+        reference = generate_texts(
+            loaded.model, loaded.tokenizer, [example], False, settings, progress=False
+        )[0]
+    assert base == reference

@@ -228,14 +228,18 @@ async function checkForm() {
 }
 
 function renderPlan(rows) {
-  const head = ["method", "trainable", "weights", "grads", "optimizer", "activations", "total/device", "fits", "step TFLOPs", "est. step"];
+  const head = ["method", "trainable", "total/device", "fits", "TFLOPs/step", "est. step"];
   const gib = v => `${v.toFixed(3)} GiB`;
-  $("#plan-table").replaceChildren(el("thead", {}, el("tr", {}, ...head.map(h => el("th", { text: h })))),
-    el("tbody", {}, ...rows.map(r => r.error ? el("tr", {}, el("td", { text: r.method }), el("td", { colspan: 9, text: r.error })) :
-      el("tr", { "data-method": r.method }, el("td", { text: r.method }), el("td", { text: `${(r.trainable / 1e6).toFixed(2)}M` }),
-        el("td", { text: gib(r.weights_gib) }), el("td", { text: gib(r.gradients_gib) }), el("td", { text: gib(r.optimizer_gib) }),
-        el("td", { text: gib(r.activations_gib) }), el("td", { class: "total", text: gib(r.total_gib) }), el("td", { text: r.fits ? "yes" : "NO" }),
-        el("td", { text: r.step_tflops.toFixed(4) }), el("td", { text: r.step_seconds < 1 ? `${(r.step_seconds * 1000).toFixed(0)} ms` : `${r.step_seconds.toFixed(1)} s` })))));
+  const body = [];
+  for (const r of rows) {
+    if (r.error) { body.push(el("tr", {}, el("td", { text: r.method }), el("td", { colspan: 5, text: r.error }))); continue; }
+    body.push(el("tr", { "data-method": r.method }, el("td", { text: r.method }), el("td", { text: `${(r.trainable / 1e6).toFixed(2)}M` }),
+      el("td", { class: "total", text: gib(r.total_gib) }), el("td", { text: r.fits ? "yes" : "NO" }),
+      el("td", { text: r.step_tflops.toFixed(4) }), el("td", { text: r.step_seconds < 1 ? `${(r.step_seconds * 1000).toFixed(0)} ms` : `${r.step_seconds.toFixed(1)} s` })));
+    body.push(el("tr", { class: "breakdown" }, el("td", {}), el("td", { colspan: 5, class: "muted",
+      text: `weights ${gib(r.weights_gib)} · grads ${gib(r.gradients_gib)} · optimizer ${gib(r.optimizer_gib)} · activations ${gib(r.activations_gib)} (${r.seq_len} tokens/example)` })));
+  }
+  $("#plan-table").replaceChildren(el("thead", {}, el("tr", {}, ...head.map(h => el("th", { text: h })))), el("tbody", {}, ...body));
 }
 
 async function loadStart() {

@@ -218,15 +218,13 @@ def plan_rows(cfg: Config, device: str, gpus: int, compare: bool) -> list[dict[s
         if isinstance(p, Exception):
             rows.append({"method": name, "error": str(p).splitlines()[0][:120]})
             continue
+        parts = {k: v / GIB for k, v in p.components().items() if k != "total" and v}
         rows.append(
             {
                 "method": name,
                 "trainable": p.shape.trainable_params,
                 "total_params": p.shape.total_params,
-                "weights_gib": p.weights / GIB,
-                "gradients_gib": p.gradients / GIB,
-                "optimizer_gib": p.optimizer / GIB,
-                "activations_gib": p.activations / GIB,
+                "components_gib": parts,
                 "total_gib": p.total / GIB,
                 "fits": bool(p.fits),
                 "step_tflops": p.step_flops / 1e12,

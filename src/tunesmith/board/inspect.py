@@ -20,11 +20,18 @@ def preview(cfg: Config, n: int = 5) -> dict[str, Any]:
     histogram, and per split the examples kept, truncated and dropped."""
     from tunesmith.data.loader import build_dataloaders, describe_stats
     from tunesmith.data.preview import histogram_bins, marked_segments
-    from tunesmith.models.load import is_encoder_decoder, load_config_of, load_tokenizer
+    from tunesmith.models.load import (
+        is_encoder_decoder,
+        load_config_of,
+        load_tokenizer,
+        model_context,
+    )
 
-    tokenizer = load_tokenizer(cfg.model)
-    encoder_decoder = is_encoder_decoder(cfg.model, load_config_of(cfg.model))
-    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder)
+    # Loaded exactly as `tunesmith data preview` loads them, so the counts are the run's.
+    hf_config = load_config_of(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
+    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder, model_context(hf_config))
     examples = [
         e for unit in bundle.train.units for e in (unit if isinstance(unit, list) else [unit])
     ]

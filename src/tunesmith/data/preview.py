@@ -85,9 +85,11 @@ def padding_efficiency(lengths: list[int], batch_size: int) -> float:
     return real / max(slots, 1)
 
 
-def preview_text(cfg: Config, tokenizer: Any, encoder_decoder: bool, n: int = 5) -> str:
-    """The preview report of a config, as text."""
-    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder)
+def preview_text(
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, n: int = 5, context_len: int | None = None
+) -> str:
+    """The preview report of a config, as text (`context_len`: the model's, as a run caps it)."""
+    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder, context_len)
     return render(bundle, cfg, tokenizer, n)
 
 

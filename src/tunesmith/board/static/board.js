@@ -237,7 +237,7 @@ function renderPlan(rows) {
       el("td", { class: "total", text: gib(r.total_gib) }), el("td", { text: r.fits ? "yes" : "NO" }),
       el("td", { text: r.step_tflops.toFixed(4) }), el("td", { text: r.step_seconds < 1 ? `${(r.step_seconds * 1000).toFixed(0)} ms` : `${r.step_seconds.toFixed(1)} s` })));
     body.push(el("tr", { class: "breakdown" }, el("td", {}), el("td", { colspan: 5, class: "muted",
-      text: `weights ${gib(r.weights_gib)} · grads ${gib(r.gradients_gib)} · optimizer ${gib(r.optimizer_gib)} · activations ${gib(r.activations_gib)} (${r.seq_len} tokens/example)` })));
+      text: `${Object.entries(r.components_gib).map(([k, v]) => `${k.replace("_", " ")} ${gib(v)}`).join(" · ")} (${r.seq_len} tokens/example)` })));
   }
   $("#plan-table").replaceChildren(el("thead", {}, el("tr", {}, ...head.map(h => el("th", { text: h })))), el("tbody", {}, ...body));
 }

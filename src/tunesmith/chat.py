@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 
@@ -50,9 +50,7 @@ def uses_chat_template(loaded: LoadedForInference) -> bool:
     return has_template and trained_on in ("chat", "completion")
 
 
-def conversation_example(
-    loaded: LoadedForInference, messages: list[dict[str, str]]
-) -> Example:
+def conversation_example(loaded: LoadedForInference, messages: list[dict[str, str]]) -> Example:
     """The example whose prompt asks the model for the next assistant turn of `messages`.
 
     The one place that picks the template: chat template with the whole history, or the run's
@@ -157,7 +155,9 @@ def chat_loop(
     """Read messages and commands until /quit or end of input; returns the exit code (0)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     session = ChatSession(loaded, settings, system)
-    mode = "chat template" if uses_chat_template(loaded) else "input template, one message at a time"
+    mode = (
+        "chat template" if uses_chat_template(loaded) else "input template, one message at a time"
+    )
     adapter = f", adapter {session.active_adapter}" if session.adapters else ""
     print(f"tunesmith chat ({mode}{adapter}); /help for commands", file=stdout, flush=True)
     while True:

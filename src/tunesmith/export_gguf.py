@@ -87,7 +87,11 @@ def write_gguf(model: Any, tokenizer: Any, out: Path, quant: str = "f16") -> Pat
 def _unpermute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """Rotate-half row order (HF) -> interleaved pairs (llama.cpp), as convert_hf_to_gguf does."""
     shape = weights.shape
-    return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+    return (
+        weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
+        .swapaxes(1, 2)
+        .reshape(shape)
+    )
 
 
 def _add_tensor(writer: Any, name: str, data: np.ndarray, quant: str) -> None:

@@ -50,7 +50,9 @@ def greedy_answer(run: Path, text: str) -> str:
     """What `generate` answers to one chat message, built the way chat builds it."""
     loaded = load_for_inference(run)
     example = conversation_example(loaded, [{"role": "user", "content": text}])
-    return generate_texts(loaded.model, loaded.tokenizer, [example], False, SETTINGS, None, False)[0]
+    return generate_texts(loaded.model, loaded.tokenizer, [example], False, SETTINGS, None, False)[
+        0
+    ]
 
 
 class Terminal:
@@ -103,9 +105,7 @@ def answer_of(screen: str) -> str:
 
 
 @pytest.mark.slow
-def test_chat_in_a_terminal_streams_generate_answers_and_switches_adapters(
-    adapter_runs, tmp_path
-):
+def test_chat_in_a_terminal_streams_generate_answers_and_switches_adapters(adapter_runs, tmp_path):
     run_a, run_b = adapter_runs
     message = "one hundred and five"
     argv = [sys.executable, "-m", "tunesmith", "chat", str(run_a), "--adapter", f"b={run_b}"]

@@ -213,8 +213,13 @@ def _pre_tokenizer_name(spec: dict[str, Any]) -> str:
     """llama.cpp's name for a byte-level BPE's pre-tokenizer, found from its split regex."""
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre])
-    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True):
-        return "gpt2"
+    kinds = [
+        (step.get("type"), step.get("use_regex"), step.get("individual_digits")) for step in steps
+    ]
+    if kinds == [("ByteLevel", True, None)]:
+        return "gpt-2"
+    if kinds == [("Digits", None, True), ("ByteLevel", True, None)]:
+        return "smollm"  # SmolLM's digits one by one, then GPT-2's split
     for step in steps:
         pattern = (step.get("pattern") or {}).get("Regex")
         for name, regex in PRE_TOKENIZERS.items():

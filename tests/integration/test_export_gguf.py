@@ -86,11 +86,14 @@ def stories_lora(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-def test_f16_gguf_of_a_lora_run_matches_transformers_token_for_token(stories_lora, tmp_path):
+@pytest.mark.parametrize(("quant", "dtype"), [("f16", torch.float16), ("bf16", torch.bfloat16)])
+def test_16_bit_gguf_of_a_lora_run_matches_transformers_token_for_token(
+    stories_lora, tmp_path, quant, dtype
+):
     out = tmp_path / "stories.gguf"
-    assert main(["export", str(stories_lora), "--gguf", str(out), "--quant", "f16"]) == 0
+    assert main(["export", str(stories_lora), "--gguf", str(out), "--quant", quant]) == 0
     loaded = load_for_inference(stories_lora)
-    merged = as_stored(loaded.model.merge_and_unload(), torch.float16)
+    merged = as_stored(loaded.model.merge_and_unload(), dtype)
     ids = loaded.tokenizer(PROMPT)["input_ids"]
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False, vocab_only=True)
     assert llm.tokenize(PROMPT.encode()) == ids  # llama.cpp tokenizes as the HF tokenizer does
@@ -98,7 +101,7 @@ def test_f16_gguf_of_a_lora_run_matches_transformers_token_for_token(stories_lor
     expected, hf_logits = hf_greedy(merged, ids, NEW_TOKENS)
     got, cpp_logits = llama_cpp_greedy(out, ids, NEW_TOKENS)
     assert got == expected
-    np.testing.assert_allclose(cpp_logits, hf_logits, atol=1e-2, rtol=0)  # f32 vs f32 sums
+    np.testing.assert_allclose(cpp_logits, hf_logits, atol=0.05, rtol=0)  # seen: 0.006 / 0.028
 
 
 def test_q8_0_gguf_stays_close(stories_lora, tmp_path):
@@ -108,11 +111,11 @@ def test_q8_0_gguf_stays_close(stories_lora, tmp_path):
     ids = loaded.tokenizer(PROMPT)["input_ids"]
     expected, hf_logits = hf_greedy(merged, ids, NEW_TOKENS)
     got, cpp_logits = llama_cpp_greedy(out, ids, NEW_TOKENS)
-    # Stated tolerance for 8-bit blocks: the first 8 tokens agree and the first logits are within
-    # 5% of their range.
-    assert got[:8] == expected[:8]
+    # Stated tolerance for 8-bit blocks: the first 16 tokens agree and the first logits are within
+    # 2% of their range (seen: 48 of 64 tokens agree, logits within 0.6%).
+    assert got[:16] == expected[:16]
     spread = hf_logits.max() - hf_logits.min()
-    assert np.abs(cpp_logits - hf_logits).max() < 0.05 * spread
+    assert np.abs(cpp_logits - hf_logits).max() < 0.02 * spread
 
 
 def test_qwen2_with_a_byte_level_tokenizer(tmp_path):

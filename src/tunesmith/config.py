@@ -77,11 +77,19 @@ class DataConfig:
         None, "Named prompt template of the alpaca format: stanford, plain."
     )
     system: str | None = option(None, "System message added to chat records that have none.")
+    chat_template: str | None = option(
+        None,
+        "Named chat template for format: chat when the tokenizer has none: chatml, llama3, "
+        "mistral, gemma, phi, qwen, alpaca.",
+    )
     max_input_tokens: int | None = option(None, "Cut prompts to this many tokens.")
     max_output_tokens: int | None = option(None, "Cut answers to this many tokens (EOS included).")
-    cutoff_len: int | None = option(None, "Cut prompt+answer to this many tokens.")
-    overlong: Literal["truncate", "drop"] = option(
-        "truncate", "What to do with examples longer than the limits."
+    cutoff_len: int | None = option(
+        None, "Cut prompt+answer to this many tokens (see docs/data.md, Lengths)."
+    )
+    overlong: Literal["truncate", "drop", "error"] = option(
+        "truncate",
+        "Examples over a limit: truncate (cut), drop, or error (refuse the run, with a count).",
     )
     truncation_side: Literal["right", "left"] = option(
         "right", "Which end of an over-long input to cut: right keeps its start, left its end."
@@ -89,7 +97,11 @@ class DataConfig:
     train_on_inputs: bool = option(False, "Also train on prompt tokens (default: answer only).")
     val_set_size: float = option(0, "Hold out this many (or this fraction of) training examples.")
     packing: bool = option(False, "Pack several examples into one row of max_seq_len tokens.")
-    max_seq_len: int | None = option(None, "Row length for packing.")
+    max_seq_len: int | None = option(
+        None,
+        "Longest sequence trained on (longer examples are cut or refused, see `overlong`); "
+        "with packing also the row length.",
+    )
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
     num_workers: int = option(
         0, "Processes that tokenise large sets (2,000+ examples); 0/1: one process."
@@ -300,10 +312,10 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
             _unknown_key(source, f"{name}.name={tag}", list(registry), value=tag)
         options = build_dataclass(registry[tag].Options, {**section, "name": tag}, name, source)
         setattr(cfg, name, options)
+    hints = typing.get_type_hints(Config)  # resolved: `f.type` is only the annotation's text
     for key in TOP_LEVEL:
         if key in raw:
-            f = next(f for f in dataclasses.fields(Config) if f.name == key)
-            setattr(cfg, key, coerce(raw[key], f.type, key, source))
+            setattr(cfg, key, coerce(raw[key], hints[key], key, source))
     return cfg
 
 

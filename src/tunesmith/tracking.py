@@ -144,6 +144,32 @@ class _WandB:
         self.run.finish()
 
 
+# The module each backend imports: what `check_available` looks for before a run folder exists.
+BACKEND_MODULES = {"tensorboard": "tensorboard", "aim": "aim", "wandb": "wandb"}
+
+
+def check_available(backends: list[str]) -> None:
+    """Refuse unknown or uninstalled trackers before a run starts (nothing is imported or made).
+
+    Raises:
+        UserError: the first backend that is unknown or whose library is not installed.
+    """
+    import importlib.util
+
+    for name in backends:
+        if name not in BACKEND_MODULES:
+            raise UserError(
+                f"tracking.backends: unknown tracker {name!r}",
+                f"choose from {', '.join(BACKEND_MODULES)}",
+            )
+        module = BACKEND_MODULES[name]
+        if importlib.util.find_spec(module) is None:
+            raise UserError(
+                f"tracking.backends: {name} is not installed (no module {module!r})",
+                f"pip install 'tunesmith[tracking]' or pip install {module}",
+            )
+
+
 def _open_backend(name: str, cfg: Config, output_dir: Path, run_name: str) -> Any:
     makers = {
         "tensorboard": lambda: _TensorBoard(output_dir),

@@ -91,6 +91,8 @@ def check_entry(entry: DatasetEntry) -> None:
     if entry.format == "input_output":
         check_template(entry.input_format, INPUT, "input_format")
         check_template(entry.output_format, OUTPUT, "output_format")
+    if entry.format == "alpaca":
+        alpaca_template(entry.template, True)  # an unknown template name is refused here
 
 
 @register("input_output")

@@ -138,3 +138,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def numbers_cfg(*extra: str):
+    """The tiny number-spelling data as a recipe without a model (data tests), uncached."""
+    from tunesmith.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.train={NUMBERS / 'train.jsonl'}",
+            "data.input_format='Spell __input__ in words:'",
+            "data.output_format=' __output__'",
+            "data.cache=false",
+            "train.batch_size=4",
+            *extra,
+        ],
+    )
+
+
+def token_spans(tokenizer, encoded, trained: bool = True) -> list[str]:
+    """Decoded runs of an encoded example's tokens that are (or, trained=False, are not) trained."""
+    from tunesmith.data.tokenize import IGNORE
+
+    out, run = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if (label != IGNORE) == trained:
+            run.append(token)
+        elif run:
+            out.append(tokenizer.decode(run))
+            run = []
+    if run:
+        out.append(tokenizer.decode(run))
+    return out

@@ -1,7 +1,8 @@
 """One cross-check of method x strategy x model x data, before any weights load.
 
 Each rule returns human-readable refusals; `check` raises them all at once as a UserError so the
-user sees every problem of the recipe in one go.
+user sees every problem of the recipe in one go. `preflight` is everything a run checks before
+its run folder exists (the data itself is then read and tokenised, still before the folder).
 """
 
 from __future__ import annotations
@@ -49,6 +50,33 @@ def check(
             "this configuration cannot run: " + "; ".join(problems),
             "see docs/compatibility.md for what works together",
         )
+
+
+def preflight(
+    cfg: Config, capabilities: Capabilities, strategy: Any, model_type: str, encoder_decoder: bool
+) -> None:
+    """The checks that need no weights and no data: compatibility, trackers, prompt templates.
+
+    A failure here leaves nothing behind, so the same command can simply be run again once
+    fixed. Checks of new config sections (e.g. a preference `objective`) belong in this list.
+
+    Raises:
+        UserError: the first failed group of checks (compatibility lists all its refusals).
+    """
+    from tunesmith.data.chat_templates import chat_template
+    from tunesmith.data.formats import check_entry
+    from tunesmith.data.plugins import load_plugins
+    from tunesmith.data.sources import dataset_entries
+    from tunesmith.tracking import check_available
+
+    check(cfg, capabilities, strategy, model_type, encoder_decoder)
+    check_available(cfg.tracking.backends)
+    if cfg.data.chat_template is not None:
+        chat_template(cfg.data.chat_template)  # an unknown name is refused here
+    load_plugins(cfg.plugins)  # plugin formats must be registered before entries are checked
+    for split in ("train", "validation", "test"):
+        for entry in dataset_entries(cfg.data, split):
+            check_entry(entry)
 
 
 def method_strategy_table() -> str:

@@ -67,7 +67,8 @@ class DataConfig:
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
     preset: str | None = option(
-        None, "Named dataset setup for every entry: samsum, grammar, alpaca, dolly, english_quotes."
+        None,
+        "Named dataset setup for every entry: samsum, grammar, jfleg, alpaca, dolly, english_quotes.",
     )
     format: str = option("input_output", "Record format: input_output, alpaca, chat, completion...")
     fields: dict = option({}, "Rename record fields, e.g. {input: dialogue, output: summary}.")
@@ -77,11 +78,19 @@ class DataConfig:
         None, "Named prompt template of the alpaca format: stanford, plain."
     )
     system: str | None = option(None, "System message added to chat records that have none.")
+    chat_template: str | None = option(
+        None,
+        "Named chat template for format: chat when the tokenizer has none: chatml, llama3, "
+        "mistral, gemma, phi, qwen, alpaca.",
+    )
     max_input_tokens: int | None = option(None, "Cut prompts to this many tokens.")
     max_output_tokens: int | None = option(None, "Cut answers to this many tokens (EOS included).")
-    cutoff_len: int | None = option(None, "Cut prompt+answer to this many tokens.")
-    overlong: Literal["truncate", "drop"] = option(
-        "truncate", "What to do with examples longer than the limits."
+    cutoff_len: int | None = option(
+        None, "Cut prompt+answer to this many tokens (see docs/data.md, Lengths)."
+    )
+    overlong: Literal["truncate", "drop", "error"] = option(
+        "truncate",
+        "Examples over a limit: truncate (cut), drop, or error (refuse the run, with a count).",
     )
     truncation_side: Literal["right", "left"] = option(
         "right", "Which end of an over-long input to cut: right keeps its start, left its end."
@@ -89,7 +98,11 @@ class DataConfig:
     train_on_inputs: bool = option(False, "Also train on prompt tokens (default: answer only).")
     val_set_size: float = option(0, "Hold out this many (or this fraction of) training examples.")
     packing: bool = option(False, "Pack several examples into one row of max_seq_len tokens.")
-    max_seq_len: int | None = option(None, "Row length for packing.")
+    max_seq_len: int | None = option(
+        None,
+        "Longest sequence trained on (longer examples are cut or refused, see `overlong`); "
+        "with packing also the row length.",
+    )
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
     pad_to_multiple_of: int | None = option(
         None,
@@ -188,11 +201,26 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     backends: list = option(
-        [], "Experiment trackers besides metrics.jsonl: tensorboard, aim, wandb."
+        [], "Experiment trackers besides metrics.jsonl: tensorboard, mlflow, wandb, aim, trackio."
     )
     run_name: str | None = option(None, "Run name shown in trackers; default: output_dir name.")
     project: str = option("tunesmith", "Project / experiment name in trackers.")
     aim_repo: str | None = option(None, "Aim repository folder; default <output_dir>/aim.")
+    tensorboard_dir: str | None = option(
+        None, "TensorBoard log folder; default <output_dir>/tensorboard."
+    )
+    mlflow_uri: str | None = option(
+        None,
+        "MLflow tracking URI (a server: http://host:5000); default a sqlite store in"
+        " <output_dir>/mlruns.",
+    )
+    wandb_dir: str | None = option(None, "Folder W&B writes its wandb/ into; default <output_dir>.")
+    wandb_mode: Literal["offline", "online"] = option(
+        "offline", "W&B mode: offline (no account; `wandb sync` later) or online."
+    )
+    trackio_dir: str | None = option(
+        None, "trackio's local store folder; default <output_dir>/trackio."
+    )
     plot: bool = option(True, "Write loss.png (training and validation loss) at the end.")
 
 
@@ -319,10 +347,10 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
             _unknown_key(source, f"{name}.name={tag}", list(registry), value=tag)
         options = build_dataclass(registry[tag].Options, {**section, "name": tag}, name, source)
         setattr(cfg, name, options)
+    hints = typing.get_type_hints(Config)  # resolved: `f.type` is only the annotation's text
     for key in TOP_LEVEL:
         if key in raw:
-            f = next(f for f in dataclasses.fields(Config) if f.name == key)
-            setattr(cfg, key, coerce(raw[key], f.type, key, source))
+            setattr(cfg, key, coerce(raw[key], hints[key], key, source))
     if cfg.train.precision == "auto":
         from tunesmith.strategies.base import default_precision
 

@@ -74,7 +74,9 @@ def test_variable_length_batches_compile_at_most_once_per_bucket(tmp_path, monke
     compiled_cfg = load_config(
         None, run_overrides(tmp_path / "c", "llama", "full", steps, **common)
     )
-    data = build_dataloaders(compiled_cfg, load_tokenizer(compiled_cfg.model), 0, 1, False, True)
+    data = build_dataloaders(
+        compiled_cfg, load_tokenizer(compiled_cfg.model), 0, 1, False, compiled=True
+    )
     widths = [data.train.next_batch()["input_ids"].shape[1] for _ in range(steps)]
     buckets = len(set(widths))
     assert buckets >= 3 and all(w % 8 == 0 or w == data.train.longest[0] for w in widths)

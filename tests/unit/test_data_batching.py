@@ -8,25 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import NUMBERS, tiny_config
+from conftest import numbers_cfg, tiny_config
 from tunesmith.config import load_config
 from tunesmith.data.loader import build_dataloaders, collate, real_tokens
 from tunesmith.data.packing import collate_packed, pack
 from tunesmith.data.tokenize import IGNORE
-
-
-def numbers_cfg(*extra):
-    return load_config(
-        None,
-        [
-            f"data.train={NUMBERS / 'train.jsonl'}",
-            "data.input_format='Spell __input__ in words:'",
-            "data.output_format=' __output__'",
-            "data.cache=false",
-            "train.batch_size=4",
-            *extra,
-        ],
-    )
 
 
 def per_token_losses(model, batch):

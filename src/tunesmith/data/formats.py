@@ -91,6 +91,8 @@ def check_entry(entry: DatasetEntry) -> None:
     if entry.format == "input_output":
         check_template(entry.input_format, INPUT, "input_format")
         check_template(entry.output_format, OUTPUT, "output_format")
+    if entry.format == "alpaca":
+        alpaca_template(entry.template, True)  # an unknown template name is refused here
 
 
 @register("input_output")
@@ -106,7 +108,12 @@ def input_output(record: dict[str, Any], entry: DatasetEntry) -> Example:
         input_text=text,
         input_format=entry.input_format,
         source=record.get("_source", entry.label),
-        reference=record.get("references"),
+        # Every reference in the answer's template, so each compares like the answer does.
+        reference=[
+            fill(entry.output_format, OUTPUT, str(ref), "output_format")
+            for ref in record.get("references") or ()
+        ]
+        or None,
     )
 
 

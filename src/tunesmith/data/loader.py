@@ -49,11 +49,21 @@ class SplitStats:
     per_epoch: dict[str, int] = field(default_factory=dict)  # examples per epoch (mixing)
     rows: int = 0  # packed rows (train with packing)
     packing_efficiency: float | None = None  # real tokens / (rows x max_seq_len)
+    mean_len: float = 0.0  # tokens per example as trained (after cutting)
+    p95_len: int = 0
+    max_len: int = 0
+    longest: int = 0  # the longest example before the length cap
+    limit: int | None = None  # the length cap applied (see `length_cap`)
+    limit_source: str = ""  # which setting set it: cutoff_len, max_seq_len or the model context
 
 
 def describe_stats(split: str, s: SplitStats) -> str:
     """One log line: examples, truncated, dropped, per entry and per epoch, packing."""
     line = f"{split}: {s.examples} examples ({s.truncated} truncated, {s.dropped} dropped)"
+    if s.examples:
+        line += f"; tokens mean {s.mean_len:.0f}, p95 {s.p95_len}, max {s.max_len}"
+        if s.limit is not None:
+            line += f" (cap {s.limit} from {s.limit_source}; longest before it {s.longest})"
     if len(s.per_source) > 1:
         line += "; per entry " + ", ".join(f"{k}: {v}" for k, v in s.per_source.items())
     if s.per_epoch:
@@ -355,17 +365,37 @@ def formatted_entries(cfg: Config, split: str) -> list[tuple[DatasetEntry, list[
     return out
 
 
-def limits_of(cfg: Config, entry: DatasetEntry | None = None) -> Limits:
+def length_cap(
+    cfg: Config, entry: DatasetEntry | None = None, context_len: int | None = None
+) -> tuple[int | None, str]:
+    """The longest example a run trains on, and which setting sets it.
+
+    The one rule (docs/data.md, Lengths): the smallest of the entry's `cutoff_len`,
+    `data.max_seq_len` (packed or not) and the model's context (`max_position_embeddings`);
+    longer examples are cut or refused as `overlong` says, never passed on silently.
+    """
+    candidates = [
+        (v, name)
+        for v, name in (
+            ((entry or cfg.data).cutoff_len, "cutoff_len"),
+            (cfg.data.max_seq_len, "max_seq_len"),
+            (context_len, "the model context"),
+        )
+        if v
+    ]
+    return min(candidates, key=lambda c: c[0]) if candidates else (None, "")
+
+
+def limits_of(
+    cfg: Config, entry: DatasetEntry | None = None, context_len: int | None = None
+) -> Limits:
     """Length limits of an entry (the `data` section's when no entry is given)."""
     d = cfg.data
     source = entry or d
-    cutoff = source.cutoff_len
-    if d.packing and d.max_seq_len:
-        cutoff = min(cutoff or d.max_seq_len, d.max_seq_len)  # an example must fit in a row
     return Limits(
         source.max_input_tokens,
         source.max_output_tokens,
-        cutoff,
+        length_cap(cfg, entry, context_len)[0],
         d.train_on_inputs,
         source.overlong,
         getattr(source, "truncation_side", "right"),
@@ -399,7 +429,29 @@ def tokenize_examples(
     return out
 
 
-def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict[str, Any]:
+def _length_stats(stats: SplitStats, encoded: list[Encoded]) -> None:
+    """Mean, 95th percentile and maximum tokens per example, and the longest before the cap."""
+    lengths = sorted(len(e.input_ids) for e in encoded)
+    if not lengths:
+        return
+    stats.mean_len = sum(lengths) / len(lengths)
+    stats.p95_len = lengths[min(math.ceil(0.95 * len(lengths)) - 1, len(lengths) - 1)]
+    stats.max_len = lengths[-1]
+    stats.longest = max(stats.longest, max(e.full_length for e in encoded))
+
+
+def _refuse_overlong(split: str, label: str, n: int, total: int, limits: Limits, why: str) -> None:
+    raise UserError(
+        f"data.{split} ({label}): {n} of {total} examples are longer than the limits "
+        f"(length cap {limits.cutoff_len} from {why or 'none'}; max_input_tokens "
+        f"{limits.max_input_tokens}, max_output_tokens {limits.max_output_tokens})",
+        "shorten them, raise the limits, or set data.overlong=truncate (or drop)",
+    )
+
+
+def _tokenize_splits(
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None = None
+) -> dict[str, Any]:
     """Read, format and tokenise train and validation (holding out val_set_size if asked)."""
     train = formatted_entries(cfg, "train")
     validation = formatted_entries(cfg, "validation")
@@ -416,19 +468,23 @@ def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict
         stats = SplitStats()
         encoded: list[Encoded] = []
         for k, (entry, examples) in enumerate(groups):
-            before = stats.examples
-            encoded += tokenize_examples(
-                examples,
-                tokenizer,
-                limits_of(cfg, entry),
-                encoder_decoder,
-                stats,
-                k,
-                cfg.data.num_workers,
+            before, cut_before = stats.examples, stats.truncated
+            limits = limits_of(cfg, entry, context_len)
+            cap, why = length_cap(cfg, entry, context_len)
+            if cap is not None and (stats.limit is None or cap < stats.limit):
+                stats.limit, stats.limit_source = cap, why
+            part = tokenize_examples(
+                examples, tokenizer, limits, encoder_decoder, stats, k, cfg.data.num_workers
             )
+            if entry.overlong == "error" and stats.truncated > cut_before:
+                _refuse_overlong(
+                    split, entry.label, stats.truncated - cut_before, len(examples), limits, why
+                )
+            encoded += part
             stats.per_source[entry.label] = stats.per_source.get(entry.label, 0) + (
                 stats.examples - before
             )
+        _length_stats(stats, encoded)
         out[split] = (encoded, dataclasses.asdict(stats))
     return out
 
@@ -439,7 +495,7 @@ def _cache_folder(cfg: Config) -> Path | None:
     return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
 
 
-def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
+def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None) -> str:
     entries = {}
     for split in ("train", "validation"):
         entries[split] = [
@@ -450,7 +506,7 @@ def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
         {
             "entries": entries,
             "tokenizer": tokenizer_fingerprint(tokenizer),
-            "limits": [d.train_on_inputs, d.packing and d.max_seq_len],
+            "limits": [d.train_on_inputs, d.max_seq_len, context_len],
             "encoder_decoder": encoder_decoder,
             "val": [d.val_set_size, cfg.seed],
             "encoding": ENCODING_VERSION,
@@ -459,12 +515,12 @@ def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
 
 
 def tokenized_splits(
-    cfg: Config, tokenizer: Any, encoder_decoder: bool
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None = None
 ) -> tuple[dict[str, tuple[list[Encoded], SplitStats]], bool]:
     """Train and validation examples with their stats, from the cache when it has them."""
-    build = lambda: _tokenize_splits(cfg, tokenizer, encoder_decoder)  # noqa: E731
+    build = lambda: _tokenize_splits(cfg, tokenizer, encoder_decoder, context_len)  # noqa: E731
     folder = _cache_folder(cfg)
-    key = _key(cfg, tokenizer, encoder_decoder) if folder is not None else ""
+    key = _key(cfg, tokenizer, encoder_decoder, context_len) if folder is not None else ""
     splits, hit = cached_splits(folder, key, build)
     return {name: (ex, SplitStats(**stats)) for name, (ex, stats) in splits.items()}, hit
 
@@ -484,16 +540,19 @@ def build_dataloaders(
     rank: int,
     world: int,
     encoder_decoder: bool,
+    context_len: int | None = None,
     compiled: bool = False,
 ) -> DataBundle:
     """Read, format, tokenise (or read the cache), mix, pack and shard the data of a run.
 
+    `context_len` is the model's context (`models.load.model_context`): no example is longer.
     `compiled`: the model is compiled, so batches come in few shapes (data.pad_to_multiple_of,
     default 64; packed rows exactly data.max_seq_len wide).
 
     Raises:
         UserError: no training data, bad records, an empty split, too few examples for one
-            global batch, packing without max_seq_len or on an encoder-decoder model.
+            global batch, packing without max_seq_len or on an encoder-decoder model, examples
+            over the limits with `overlong=error`.
     """
     from tunesmith.train.loop import resolve_grad_accum  # the loop imports this module
 
@@ -501,7 +560,7 @@ def build_dataloaders(
     if cfg.data.train is None:
         raise UserError("data.train is not set", "point it at a data file, folder or preset")
     max_seq_len = _check_packing(cfg, encoder_decoder) if cfg.data.packing else None
-    splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder)
+    splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder, context_len)
     train, train_stats = splits["train"]
     if not train:
         raise UserError(f"data.train={cfg.data.train!r}: no training examples", "check the files")

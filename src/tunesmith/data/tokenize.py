@@ -11,7 +11,7 @@ template turn by turn; the assistant turns are the trained segments.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.formats import INPUT, Example
@@ -20,14 +20,15 @@ from tunesmith.errors import UserError
 IGNORE = -100
 # Bumped whenever the same settings would give other ids (part of the tokenised-data cache key).
 # 2: cutoff_len cuts the prompt inside the input on its truncation side, as max_input_tokens does.
-ENCODING_VERSION = 2
+# 3: the cut is the smallest of cutoff_len, max_seq_len and the model's context (also unpacked).
+ENCODING_VERSION = 3
 
 
 @dataclass
 class Limits:
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
-    cutoff_len: int | None = None
+    cutoff_len: int | None = None  # the length cap: min(cutoff_len, max_seq_len, model context)
     train_on_inputs: bool = False
     overlong: str = "truncate"
     truncation_side: str = "right"
@@ -39,6 +40,8 @@ class Encoded:
     labels: list[int]  # decoder-only: same length as input_ids; seq2seq: the target ids
     truncated: bool
     source: int = 0  # index of the dataset entry it came from (mixing, per-entry counts)
+    # Tokens before the length cap: statistics only, so not kept in the cache nor compared.
+    full_length: int = field(default=0, compare=False)
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -132,6 +135,8 @@ def encode(
         tokenizer, example.answer or "", limits.max_output_tokens, answer_ids
     )
     truncated = cut_prompt or cut_answer
+    # The cap applies to prompt + answer, or to the encoder's input alone (encoder-decoder).
+    full_length = len(prompt) if encoder_decoder else len(prompt) + len(answer)
     side = limits.truncation_side
     if encoder_decoder:
         if limits.cutoff_len and len(prompt) > limits.cutoff_len:
@@ -150,9 +155,9 @@ def encode(
     if truncated and limits.overlong == "drop":
         return None
     if encoder_decoder:
-        return Encoded(input_ids=prompt, labels=answer, truncated=truncated)
+        return Encoded(prompt, answer, truncated, full_length=full_length)
     prompt_labels = prompt if limits.train_on_inputs else [IGNORE] * len(prompt)
-    return Encoded(input_ids=prompt + answer, labels=prompt_labels + answer, truncated=truncated)
+    return Encoded(prompt + answer, prompt_labels + answer, truncated, full_length=full_length)
 
 
 def encode_many(
@@ -222,8 +227,8 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_promp
     """The tokenizer's chat template applied to `messages`, as text."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            "data.format=chat needs a tokenizer with a chat template; this one has none",
-            "use an instruct model's tokenizer, or the input_output format",
+            "data.format=chat needs a chat template; this tokenizer has none",
+            "set data.chat_template (chatml, llama3, mistral, gemma, phi, qwen, alpaca)",
         )
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
@@ -263,7 +268,7 @@ def encode_chat(
     eos = tokenizer.eos_token_id
     if eos is not None and ids[-1:] != [eos]:
         ids, labels = ids + [eos], labels + [eos]
-    truncated = False
+    truncated, full_length = False, len(ids)
     if limits.cutoff_len and len(ids) > limits.cutoff_len:
         truncated = True
         ids, labels = ids[: limits.cutoff_len], labels[: limits.cutoff_len]
@@ -271,4 +276,4 @@ def encode_chat(
             ids[-1] = labels[-1] = eos
     if truncated and limits.overlong == "drop":
         return None
-    return Encoded(ids, labels, truncated)
+    return Encoded(ids, labels, truncated, full_length=full_length)

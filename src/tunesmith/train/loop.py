@@ -30,7 +30,13 @@ from tunesmith.errors import UserError
 from tunesmith.evaluate import metrics_after_training, validation_metrics
 from tunesmith.methods import METHODS
 from tunesmith.methods.base import StepContext, count_parameters, unwrap
-from tunesmith.models.load import is_encoder_decoder, load_config_of, load_model
+from tunesmith.models.load import (
+    is_encoder_decoder,
+    load_config_of,
+    load_model,
+    load_tokenizer,
+    model_context,
+)
 from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
 from tunesmith.train import compile as compiling
@@ -133,13 +139,12 @@ def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
 def _run(
     cfg: Config, method: Any, strategy: Any, overwrite: bool, stop: StopSignals
 ) -> dict[str, Any]:
+    # Preflight: everything that can fail on the recipe or the data fails here, before the run
+    # folder exists, so a fixed command can simply be run again.
     hf_config = load_config_of(cfg.model)
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
-    compat.check(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
-    out = prepare_output_dir(cfg, overwrite, strategy.is_main)
-    strategy.barrier()
-    seed_everything(cfg.seed)
-    tracker = Tracker(cfg, out, strategy.is_main)
+    compat.preflight(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
     compiled = compiling.resolve(
         cfg.train.compile,
         strategy.device,
@@ -148,11 +153,29 @@ def _run(
         strategy_compiles=getattr(strategy, "compiles_by_default", False),
         encoder_decoder=encoder_decoder,
     )
+    data = build_dataloaders(
+        cfg,
+        tokenizer,
+        strategy.rank,
+        strategy.world_size,
+        encoder_decoder,
+        model_context(hf_config),
+        compiled.enabled,
+    )
+
+    out = prepare_output_dir(cfg, overwrite, strategy.is_main)
+    strategy.barrier()
+    seed_everything(cfg.seed)
+    tracker = Tracker(cfg, out, strategy.is_main)
     tracker.info(compiled.describe())
+    for split, s in data.stats.items():
+        if s.examples:
+            tracker.info(describe_stats(split, s))
 
     with strategy.model_init_context():
-        loaded = load_model(cfg.model, cfg.train.precision, cfg.train.activation_checkpointing)
-    tokenizer = loaded.tokenizer
+        loaded = load_model(
+            cfg.model, cfg.train.precision, cfg.train.activation_checkpointing, tokenizer
+        )
     fused_loss = apply_kernels(cfg.train.kernels, loaded.model, strategy.device)
     loss_fn = functools.partial(token_loss, chunk_size=cfg.train.loss_chunk_size, fused=fused_loss)
     model = method.apply(loaded.model, tokenizer)
@@ -161,13 +184,6 @@ def _run(
         f"method {method.name}: training {trainable:,} of {total:,} parameters "
         f"({100 * trainable / max(total, 1):.2f}%) on {strategy.world_size} process(es)"
     )
-
-    data = build_dataloaders(
-        cfg, tokenizer, strategy.rank, strategy.world_size, encoder_decoder, compiled.enabled
-    )
-    for split, s in data.stats.items():
-        if s.examples:
-            tracker.info(describe_stats(split, s))
     accum = resolve_grad_accum(cfg, strategy.world_size)
     steps_per_epoch = max(data.train.micro_batches_per_epoch // accum, 1)
     total_steps = cfg.train.max_steps or max(data.train.steps_for_epochs(cfg.train.num_epochs), 1)

@@ -71,8 +71,8 @@ def token_loss(
 
     with head_on_positions(model, targets, loss_of if plain else None) as gathered:
         logits = model(**inputs, use_cache=False).logits
-    if gathered() and logits.dim() == 0:  # the head returned the summed loss
-        return logits.float(), targets.sum()
+    if gathered() and logits.dim() == 0:  # the head returned the summed loss (fp32 or wider)
+        return logits, targets.sum()
     if gathered() and logits.dim() == 2:  # the head saw the target positions alone
         labels = target_labels
     elif logits.shape[1] > labels.shape[1]:
@@ -99,13 +99,17 @@ def head_cross_entropy(
     n = hidden.shape[0]
     if chunk_size <= 0 or n <= chunk_size:
         return _head_loss(head, hidden, labels)
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, n, chunk_size):
-        part = slice(start, start + chunk_size)
-        total = total + checkpoint(
-            _head_loss, head, hidden[part], labels[part], use_reentrant=False
+    parts = [
+        checkpoint(
+            _head_loss,
+            head,
+            hidden[start : start + chunk_size],
+            labels[start : start + chunk_size],
+            use_reentrant=False,
         )
-    return total
+        for start in range(0, n, chunk_size)
+    ]
+    return torch.stack(parts).sum()  # in the chunks' dtype: fp32, or fp64 for an fp64 model
 
 
 def _head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,11 @@ class Sft:
 
     def __init__(self, options: Any = None) -> None:
         self.options = options or SftOptions()
+        self.token_loss = token_loss
+
+    def use_token_loss(self, loss_fn: Any) -> None:
+        """Compute with the run's configured token loss (chunked or fused, train.loss_*)."""
+        self.token_loss = loss_fn
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         """Target tokens (labels shifted for decoder-only rows; as they are for seq2seq)."""
@@ -42,5 +47,5 @@ class Sft:
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], reference: Reference | None
     ) -> tuple[Sums, Metrics]:
-        loss_sum, _ = token_loss(model, batch)
+        loss_sum, _ = self.token_loss(model, batch)
         return {"tokens": loss_sum}, {}

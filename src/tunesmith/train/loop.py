@@ -10,6 +10,8 @@ interfaces (methods/base.py, strategies/base.py, objectives/base.py).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from tunesmith.objectives.reference import build_reference
 from tunesmith.objectives.sft import Sft
 from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
+from tunesmith.train import compile as compiling
+from tunesmith.train.kernels import apply_kernels
 from tunesmith.train.loss import token_loss
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.resume import Checkpointer, StopSignals, die_here_for_tests
@@ -179,6 +183,14 @@ def _run(
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
     compat.preflight(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
     tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    compiled = compiling.resolve(
+        cfg.train.compile,
+        strategy.device,
+        cfg.train.precision,
+        quantized=cfg.model.quantization != "none",
+        strategy_compiles=getattr(strategy, "compiles_by_default", False),
+        encoder_decoder=encoder_decoder,
+    )
     data = build_dataloaders(
         cfg,
         tokenizer,
@@ -186,12 +198,14 @@ def _run(
         strategy.world_size,
         encoder_decoder,
         model_context(hf_config),
+        compiled.enabled,
     )
 
     out = prepare_output_dir(cfg, overwrite, strategy.is_main)
     strategy.barrier()
     seed_everything(cfg.seed)
     tracker = Tracker(cfg, out, strategy.is_main)
+    tracker.info(compiled.describe())
     for split, s in data.stats.items():
         if s.examples:
             tracker.info(describe_stats(split, s))
@@ -204,6 +218,10 @@ def _run(
             tokenizer,
             objective.head,
         )
+    fused_loss = apply_kernels(cfg.train.kernels, loaded.model, strategy.device)
+    loss_fn = functools.partial(token_loss, chunk_size=cfg.train.loss_chunk_size, fused=fused_loss)
+    if hasattr(objective, "use_token_loss"):  # objectives built on the token loss use this one
+        objective.use_token_loss(loss_fn)
     model = method.apply(loaded.model, tokenizer)
     # Before the strategy wraps the policy: a frozen copy is of the starting weights.
     reference = build_reference(objective, method.capabilities, model, strategy.device, cfg)
@@ -235,16 +253,19 @@ def _run(
     resumed_from = checkpoints.resume(model)
     if resumed_from is not None:
         tracker.continue_from(resumed_from)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    compile_stats = compiling.CompileStats.begin(unwrap(model))
+    if compiled.enabled and not compiling.compile_blocks(unwrap(model)):
+        tracker.info("compile: the model has no repeated blocks to compile; it runs eager")
     model.train()
 
     def evaluate(step: int) -> None:
         if not cfg.eval.run_validation:
             return
-        metrics = validation_metrics(
-            model, data, strategy, eval_batch, cfg.eval.max_batches, objective, reference
-        )
+        # Eager: compiling no_grad graphs too would double the compile time for a few batches.
+        with compiling.eager() if compiled.enabled else contextlib.nullcontext():
+            metrics = validation_metrics(
+                model, data, strategy, eval_batch, cfg.eval.max_batches, objective, reference
+            )
         if metrics:
             state.last_eval = {"step": step, **metrics}
             if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
@@ -266,7 +287,7 @@ def _run(
         sample_batches=lambda n: [
             _to(b, strategy.device) for b in data.train.sample(n, cfg.seed + 7919 * (ctx.step + 1))
         ],
-        loss_fn=token_loss,
+        loss_fn=loss_fn,
         log=tracker.info,
     )
     bar = tqdm(
@@ -287,9 +308,10 @@ def _run(
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
         # Every rank votes on stopping; issued now, read after the step, so it never stalls.
-        stop_votes = strategy.reduce_sum(
-            torch.tensor(stop.flag, dtype=torch.float64, device=strategy.device)
-        )
+        # One process needs no collective (and no device round trip to read it).
+        stop_votes = torch.tensor(float(stop.flag), dtype=torch.float64)
+        if strategy.world_size > 1:
+            stop_votes = strategy.reduce_sum(stop_votes.to(strategy.device))
         window_tokens += sum(real_tokens(b) for b in micro_batches)
         step_totals = forward_backward(model, micro_batches, strategy, objective, reference)
         step_loss = step_totals.sums.sum()
@@ -405,6 +427,8 @@ def _run(
         "examples_used": data.train.used_counts(),
         **state.last_metrics,
         **{k: v for k, v in state.last_eval.items() if k != "step" and k != "val_loss"},
+        "compile": {"enabled": compiled.enabled, "reason": compiled.reason}
+        | (compile_stats.result() if compiled.enabled else {}),
         **task_scores,
     }
     if strategy.is_main:
@@ -448,4 +472,8 @@ def save_final(
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on the device. To CUDA from pinned memory, so the copy is truly asynchronous
+    (from pageable memory `non_blocking` copies synchronously)."""
+    if device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

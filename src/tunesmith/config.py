@@ -31,7 +31,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ class DataConfig:
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
     preset: str | None = option(
-        None, "Named dataset setup for every entry: samsum, grammar, alpaca, dolly, english_quotes."
+        None,
+        "Named dataset setup for every entry: samsum, grammar, jfleg, alpaca, dolly, english_quotes.",
     )
     format: str = option("input_output", "Record format: input_output, alpaca, chat, completion...")
     fields: dict = option({}, "Rename record fields, e.g. {input: dialogue, output: summary}.")
@@ -103,6 +104,11 @@ class DataConfig:
         "with packing also the row length.",
     )
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
+    pad_to_multiple_of: int | None = option(
+        None,
+        "Pad each padded batch's length up to a multiple of this (never past the longest "
+        "example); default 64 when train.compile is on (few shapes to compile), else 1.",
+    )
     num_workers: int = option(
         0, "Processes that tokenise large sets (2,000+ examples); 0/1: one process."
     )
@@ -138,11 +144,25 @@ class TrainConfig:
         "adamw_stochastic (keep learning on bf16-pure weights).",
     )
     max_grad_norm: float | None = option(1.0, "Clip the global gradient norm (null: no clipping).")
-    precision: Precision = option("fp32", "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure.")
+    precision: Precision = option(
+        "auto",
+        "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure; auto = bf16-mixed on a CUDA GPU "
+        "with bf16, else fp32 (resolved when the config loads).",
+    )
     activation_checkpointing: bool = option(
         False, "Recompute activations in backward (non-reentrant)."
     )
-    compile: bool = option(False, "torch.compile the model (slow first step, faster after).")
+    compile: bool | Literal["auto"] = option(
+        "auto",
+        "torch.compile the transformer blocks (slow first steps, faster after); auto = on for "
+        "one-process runs on CUDA or on CPU with bf16 (docs/speed.md).",
+    )
+    kernels: Literal["none", "liger"] = option(
+        "none", "liger: Liger-Kernel's fused linear cross-entropy, RMSNorm, RoPE, SwiGLU (CUDA)."
+    )
+    loss_chunk_size: int = option(
+        2048, "Target positions per LM-head + cross-entropy chunk (bounds logits memory; 0: one)."
+    )
     log_every: int = option(10, "Log loss, lr and throughput every N optimizer steps.")
     max_bad_steps: int = option(10, "Stop after this many non-finite steps in a row.")
     dist_timeout: int = option(1800, "Seconds a collective may wait before the run fails.")
@@ -181,11 +201,26 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     backends: list = option(
-        [], "Experiment trackers besides metrics.jsonl: tensorboard, aim, wandb."
+        [], "Experiment trackers besides metrics.jsonl: tensorboard, mlflow, wandb, aim, trackio."
     )
     run_name: str | None = option(None, "Run name shown in trackers; default: output_dir name.")
     project: str = option("tunesmith", "Project / experiment name in trackers.")
     aim_repo: str | None = option(None, "Aim repository folder; default <output_dir>/aim.")
+    tensorboard_dir: str | None = option(
+        None, "TensorBoard log folder; default <output_dir>/tensorboard."
+    )
+    mlflow_uri: str | None = option(
+        None,
+        "MLflow tracking URI (a server: http://host:5000); default a sqlite store in"
+        " <output_dir>/mlruns.",
+    )
+    wandb_dir: str | None = option(None, "Folder W&B writes its wandb/ into; default <output_dir>.")
+    wandb_mode: Literal["offline", "online"] = option(
+        "offline", "W&B mode: offline (no account; `wandb sync` later) or online."
+    )
+    trackio_dir: str | None = option(
+        None, "trackio's local store folder; default <output_dir>/trackio."
+    )
     plot: bool = option(True, "Write loss.png (training and validation loss) at the end.")
 
 
@@ -313,10 +348,14 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
             _unknown_key(source, f"{name}.name={tag}", list(registry), value=tag)
         options = build_dataclass(registry[tag].Options, {**section, "name": tag}, name, source)
         setattr(cfg, name, options)
+    hints = typing.get_type_hints(Config)  # resolved: `f.type` is only the annotation's text
     for key in TOP_LEVEL:
         if key in raw:
-            f = next(f for f in dataclasses.fields(Config) if f.name == key)
-            setattr(cfg, key, coerce(raw[key], f.type, key, source))
+            setattr(cfg, key, coerce(raw[key], hints[key], key, source))
+    if cfg.train.precision == "auto":
+        from tunesmith.strategies.base import default_precision
+
+        cfg.train.precision = default_precision(getattr(cfg.strategy, "device", None))
     return cfg
 
 

@@ -1,5 +1,5 @@
-"""Evaluation: validation loss and perplexity during training; task metrics (ROUGE, exact
-match, F1) from generations of a saved model.
+"""Evaluation: validation loss and perplexity during training; task metrics (ROUGE, BLEU, chrF,
+GLEU, exact match, F1; see tunesmith.metrics) from generations of a saved model.
 
     tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
 """
@@ -66,7 +66,8 @@ def task_metrics(
     Prompts are cut as training cut them (`limits`: the entry's max_input_tokens and truncation
     side; an int is a max_input_tokens cut on the right). Runs on one process from the saved
     final/ folder, so it works the same after any strategy. Examples without an answer are
-    skipped. Returns {metric: mean in [0, 1]} plus `n_examples` and `n_truncated` (prompts cut).
+    skipped; an example with several references (JFLEG) is scored against all of them. The
+    inputs are the sources GLEU needs. Returns {metric: mean in [0, 1]} plus `n_examples` and `n_truncated` (prompts cut).
     """
     scored = [ex for ex in examples if ex.answer is not None]
     if not scored or not names:
@@ -82,14 +83,24 @@ def task_metrics(
         limits,
         stats=stats,
     )
-    references = [ex.answer.strip() for ex in scored]
-    results = score(names, predictions, references)
+    results = score(
+        names, predictions, example_references(scored), [ex.input_text for ex in scored]
+    )
     if predictions_path is not None:
         with predictions_path.open("w", encoding="utf-8") as f:
             for ex, pred in zip(scored, predictions):
-                row = {"prompt": ex.prompt, "reference": ex.answer, "generated_text": pred}
+                reference = ex.reference or ex.answer
+                row = {"prompt": ex.prompt, "reference": reference, "generated_text": pred}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {**results, "n_examples": len(scored), "n_truncated": stats.truncated}
+
+
+def example_references(examples: list[Example]) -> list[list[str]]:
+    """Per example, every reference it has (its answer when it has no reference list)."""
+    return [
+        [str(r).strip() for r in ex.reference] if ex.reference else [ex.answer.strip()]
+        for ex in examples
+    ]
 
 
 def metrics_after_training(

@@ -245,6 +245,22 @@ def encode_prompts(
     return out
 
 
+def generation_kwargs(settings: GenerationSettings, tokenizer: Any) -> dict[str, Any]:
+    """The `model.generate` options of `settings` (sampling knobs only when sampling)."""
+    return {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "temperature": settings.temperature if settings.do_sample else None,
+        "top_k": settings.top_k if settings.do_sample else None,
+        "top_p": settings.top_p if settings.do_sample else None,
+        "num_beams": settings.num_beams,
+        "repetition_penalty": settings.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
+
+
 @torch.no_grad()
 def generate_texts(
     model: Any,
@@ -282,16 +298,7 @@ def generate_texts(
         generated = model.generate(
             input_ids=torch.tensor(ids, device=device),
             attention_mask=torch.tensor(mask, device=device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature if settings.do_sample else None,
-            top_k=settings.top_k if settings.do_sample else None,
-            top_p=settings.top_p if settings.do_sample else None,
-            num_beams=settings.num_beams,
-            repetition_penalty=settings.repetition_penalty,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
+            **generation_kwargs(settings, tokenizer),
         )
         new_tokens = generated if encoder_decoder else generated[:, width:]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

@@ -14,10 +14,10 @@ from tunesmith.cli import main
 
 def missing_tracker() -> str:
     """A supported tracker whose library is not installed here (skip if all are)."""
-    from tunesmith.tracking import BACKEND_MODULES
+    from tunesmith.tracking import BACKENDS
 
-    for name, module in BACKEND_MODULES.items():
-        if importlib.util.find_spec(module) is None:
+    for name, backend in BACKENDS.items():
+        if importlib.util.find_spec(backend.module) is None:
             return name
     pytest.skip("every tracker library is installed")
 

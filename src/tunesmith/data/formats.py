@@ -108,7 +108,12 @@ def input_output(record: dict[str, Any], entry: DatasetEntry) -> Example:
         input_text=text,
         input_format=entry.input_format,
         source=record.get("_source", entry.label),
-        reference=record.get("references"),
+        # Every reference in the answer's template, so each compares like the answer does.
+        reference=[
+            fill(entry.output_format, OUTPUT, str(ref), "output_format")
+            for ref in record.get("references") or ()
+        ]
+        or None,
     )
 
 

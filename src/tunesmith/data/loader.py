@@ -32,6 +32,7 @@ from tunesmith.data.sources import DatasetEntry, content_fingerprint, dataset_en
 from tunesmith.data.tokenize import ENCODING_VERSION, IGNORE, Encoded, Limits, encode_parallel
 from tunesmith.errors import UserError
 
+AUTO_PAD_MULTIPLE = 64  # data.pad_to_multiple_of when the model is compiled
 GROUP_CHUNK = 64  # micro-batches sorted together by group_by_length (independent of world size)
 PACK_BUCKETS = 32  # lengths within 1/32 of a row count as equal when packing (variety per epoch)
 
@@ -73,25 +74,38 @@ def describe_stats(split: str, s: SplitStats) -> str:
 
 
 def collate(
-    items: list[Encoded], pad_id: int, encoder_decoder: bool, pad_left: bool = False
+    items: list[Encoded],
+    pad_id: int,
+    encoder_decoder: bool,
+    pad_left: bool = False,
+    multiple: int = 1,
+    longest: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad a list of encoded examples into tensors (labels padded with -100)."""
+    """Pad a list of encoded examples into tensors (labels padded with -100).
 
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
+    The width is the batch's longest row rounded up to `multiple` (a compiled model then sees a
+    few lengths, not one per batch), but never past `longest` (input, labels): the longest rows
+    of the whole split, which fit the model's positions.
+    """
+
+    def pad(rows: list[list[int]], value: int, cap: int | None = None) -> torch.Tensor:
+        longest_here = max(len(r) for r in rows)
+        rounded = -(-longest_here // multiple) * multiple
+        width = max(min(rounded, cap) if cap else rounded, longest_here)
         padded = [
             ([value] * (width - len(r)) + r) if pad_left else (r + [value] * (width - len(r)))
             for r in rows
         ]
         return torch.tensor(padded, dtype=torch.long)
 
+    cap_in, cap_out = longest or (None, None)
     batch = {
-        "input_ids": pad([e.input_ids for e in items], pad_id),
-        "attention_mask": pad([[1] * len(e.input_ids) for e in items], 0),
-        "labels": pad([e.labels for e in items], IGNORE),
+        "input_ids": pad([e.input_ids for e in items], pad_id, cap_in),
+        "attention_mask": pad([[1] * len(e.input_ids) for e in items], 0, cap_in),
+        "labels": pad([e.labels for e in items], IGNORE, cap_out),
     }
     if encoder_decoder:
-        batch["decoder_attention_mask"] = pad([[1] * len(e.labels) for e in items], 0)
+        batch["decoder_attention_mask"] = pad([[1] * len(e.labels) for e in items], 0, cap_out)
     return batch
 
 
@@ -137,8 +151,18 @@ class TrainBatches:
         source_labels: list[str] | None = None,
         max_seq_len: int | None = None,
         accum: int = 1,
+        pad_multiple: int = 1,
+        fixed_rows: bool = False,
     ) -> None:
         self.examples = examples
+        # Shapes for a compiled model: padded batches to a multiple of `pad_multiple` (capped at
+        # the longest example), packed rows always max_seq_len wide with `fixed_rows`.
+        self.pad_multiple = pad_multiple
+        self.fixed_rows = fixed_rows
+        self.longest = (
+            max((len(e.input_ids) for e in examples), default=0),
+            max((len(e.labels) for e in examples), default=0),
+        )
         self.accum = accum
         self.batch_size = batch_size
         self.rank, self.world = rank, world
@@ -245,8 +269,15 @@ class TrainBatches:
 
     def _collate(self, picked: list[Unit]) -> dict[str, torch.Tensor]:
         if self.packed:
-            return collate_packed(picked, self.pad_id)  # type: ignore[arg-type]
-        return collate(picked, self.pad_id, self.encoder_decoder)  # type: ignore[arg-type]
+            width = self.max_seq_len if self.fixed_rows else None
+            return collate_packed(picked, self.pad_id, width)  # type: ignore[arg-type]
+        return collate(
+            picked,  # type: ignore[arg-type]
+            self.pad_id,
+            self.encoder_decoder,
+            multiple=self.pad_multiple,
+            longest=self.longest,
+        )
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next micro-batch of this rank (moves to the next epoch when one ends)."""
@@ -515,10 +546,13 @@ def build_dataloaders(
     world: int,
     encoder_decoder: bool,
     context_len: int | None = None,
+    compiled: bool = False,
 ) -> DataBundle:
     """Read, format, tokenise (or read the cache), mix, pack and shard the data of a run.
 
     `context_len` is the model's context (`models.load.model_context`): no example is longer.
+    `compiled`: the model is compiled, so batches come in few shapes (data.pad_to_multiple_of,
+    default 64; packed rows exactly data.max_seq_len wide).
 
     Raises:
         UserError: no training data, bad records, an empty split, too few examples for one
@@ -557,6 +591,8 @@ def build_dataloaders(
         source_labels=labels,
         max_seq_len=max_seq_len,
         accum=resolve_grad_accum(cfg, world),
+        pad_multiple=cfg.data.pad_to_multiple_of or (AUTO_PAD_MULTIPLE if compiled else 1),
+        fixed_rows=compiled,
     )
     packing = batches.packing_of(0)
     if packing is not None:  # epoch 0's; every epoch packs its own draw (see TrainBatches)

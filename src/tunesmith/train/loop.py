@@ -10,6 +10,8 @@ never asks which method or strategy it runs; what differs sits behind their inte
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ from tunesmith.models.load import (
 )
 from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
+from tunesmith.train import compile as compiling
+from tunesmith.train.kernels import apply_kernels
 from tunesmith.train.loss import token_loss
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.resume import Checkpointer, StopSignals, die_here_for_tests
@@ -98,6 +102,7 @@ def forward_backward(
     micro_batches: list[dict[str, torch.Tensor]],
     strategy: Any,
     encoder_decoder: bool,
+    loss_fn: Any = token_loss,
 ) -> torch.Tensor:
     """Forward and backward over one optimizer step's micro-batches; returns this rank's loss sum.
 
@@ -113,7 +118,7 @@ def forward_backward(
     for i, batch in enumerate(micro_batches):
         batch = _to(batch, strategy.device)
         with strategy.micro_batch(is_last=i == len(micro_batches) - 1):
-            loss_sum, _ = token_loss(model, batch)
+            loss_sum, _ = loss_fn(model, batch)
             strategy.backward(loss_sum / global_targets.to(loss_sum.dtype))
         total += loss_sum.detach().double()
     return total
@@ -140,6 +145,14 @@ def _run(
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
     compat.preflight(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
     tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    compiled = compiling.resolve(
+        cfg.train.compile,
+        strategy.device,
+        cfg.train.precision,
+        quantized=cfg.model.quantization != "none",
+        strategy_compiles=getattr(strategy, "compiles_by_default", False),
+        encoder_decoder=encoder_decoder,
+    )
     data = build_dataloaders(
         cfg,
         tokenizer,
@@ -147,12 +160,14 @@ def _run(
         strategy.world_size,
         encoder_decoder,
         model_context(hf_config),
+        compiled.enabled,
     )
 
     out = prepare_output_dir(cfg, overwrite, strategy.is_main)
     strategy.barrier()
     seed_everything(cfg.seed)
     tracker = Tracker(cfg, out, strategy.is_main)
+    tracker.info(compiled.describe())
     for split, s in data.stats.items():
         if s.examples:
             tracker.info(describe_stats(split, s))
@@ -161,6 +176,8 @@ def _run(
         loaded = load_model(
             cfg.model, cfg.train.precision, cfg.train.activation_checkpointing, tokenizer
         )
+    fused_loss = apply_kernels(cfg.train.kernels, loaded.model, strategy.device)
+    loss_fn = functools.partial(token_loss, chunk_size=cfg.train.loss_chunk_size, fused=fused_loss)
     model = method.apply(loaded.model, tokenizer)
     trainable, total = count_parameters(model)
     tracker.info(
@@ -187,8 +204,9 @@ def _run(
     resumed_from = checkpoints.resume(model)
     if resumed_from is not None:
         tracker.continue_from(resumed_from)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    compile_stats = compiling.CompileStats.begin(unwrap(model))
+    if compiled.enabled and not compiling.compile_blocks(unwrap(model)):
+        tracker.info("compile: the model has no repeated blocks to compile; it runs eager")
     model.train()
 
     eval_batch = cfg.eval.batch_size or cfg.train.batch_size
@@ -196,7 +214,9 @@ def _run(
     def evaluate(step: int) -> None:
         if not cfg.eval.run_validation:
             return
-        metrics = validation_metrics(model, data, strategy, eval_batch, cfg.eval.max_batches)
+        # Eager: compiling no_grad graphs too would double the compile time for a few batches.
+        with compiling.eager() if compiled.enabled else contextlib.nullcontext():
+            metrics = validation_metrics(model, data, strategy, eval_batch, cfg.eval.max_batches)
         if metrics:
             state.last_eval = {"step": step, **metrics}
             if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
@@ -219,7 +239,7 @@ def _run(
         sample_batches=lambda n: [
             _to(b, strategy.device) for b in data.train.sample(n, cfg.seed + 7919 * (ctx.step + 1))
         ],
-        loss_fn=token_loss,
+        loss_fn=loss_fn,
         log=tracker.info,
     )
     bar = tqdm(
@@ -240,11 +260,12 @@ def _run(
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
         # Every rank votes on stopping; issued now, read after the step, so it never stalls.
-        stop_votes = strategy.reduce_sum(
-            torch.tensor(stop.flag, dtype=torch.float64, device=strategy.device)
-        )
+        # One process needs no collective (and no device round trip to read it).
+        stop_votes = torch.tensor(float(stop.flag), dtype=torch.float64)
+        if strategy.world_size > 1:
+            stop_votes = strategy.reduce_sum(stop_votes.to(strategy.device))
         window_tokens += sum(real_tokens(b) for b in micro_batches)
-        step_loss = forward_backward(model, micro_batches, strategy, encoder_decoder)
+        step_loss = forward_backward(model, micro_batches, strategy, encoder_decoder, loss_fn)
         grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
         scheduler.step()
         state.step += 1
@@ -349,6 +370,8 @@ def _run(
         "resumed_from_step": resumed_from,
         "skipped_steps": state.skipped_steps,
         "examples_used": data.train.used_counts(),
+        "compile": {"enabled": compiled.enabled, "reason": compiled.reason}
+        | (compile_stats.result() if compiled.enabled else {}),
         **task_scores,
     }
     if strategy.is_main:
@@ -392,4 +415,8 @@ def save_final(
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on the device. To CUDA from pinned memory, so the copy is truly asynchronous
+    (from pageable memory `non_blocking` copies synchronously)."""
+    if device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -143,7 +143,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     model_dir = resolve_model_dir(args.model)
-    entry = entry_from_record(read_run_record(model_dir), args.data)
+    record = read_run_record(model_dir)
+    entry = entry_from_record(record, args.data)
+    limits = prompt_limits(entry, (record.get("data") or {}).get("max_seq_len"))
     examples = [format_record(r, entry) for r in read_records(args.data, "test")][: args.limit]
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, batch_size=args.batch_size
@@ -152,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not names:  # the preset's own metrics (GLEU for JFLEG), else ROUGE-L
         names = PRESET_METRICS.get(entry.preset or "", ["rougeL"])
     predictions = Path(args.predictions) if args.predictions else None
-    results = task_metrics(model_dir, examples, names, settings, prompt_limits(entry), predictions)
+    results = task_metrics(model_dir, examples, names, settings, limits, predictions)
     if not results:
         print("no examples with an output to score", file=sys.stderr)
         return 2

@@ -338,6 +338,7 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
     cfg = Config()
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, raw.get(name) or {}, name, source))
+    _check_entry_values(cfg.data, source)
     registries = _union_registries()
     defaults = (DEFAULT_METHOD, DEFAULT_STRATEGY, DEFAULT_OBJECTIVE)
     for name, default in zip(UNIONS, defaults):
@@ -446,6 +447,28 @@ def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     )
 
 
+def _check_entry_values(data: DataConfig, source: str) -> None:
+    """Check the `data` settings a dataset-list entry overrides (`overlong`, `cutoff_len`, ...)
+    against the same types as the `data` keys, so a typo is refused instead of defaulting."""
+    hints = typing.get_type_hints(DataConfig)
+    for split in ("train", "validation", "test"):
+        items = getattr(data, split)
+        if not isinstance(items, list):
+            continue
+        checked = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                item = dict(item)
+                for key in set(item) & set(hints) - {"train", "validation", "test"}:
+                    if item[key] is None:
+                        continue
+                    line = _line_of(source, f"data.{split}.{i}.{key}")
+                    where = f"{source}:{line}" if line else source
+                    item[key] = coerce(item[key], hints[key], f"data.{split}[{i}].{key}", where)
+            checked.append(item)
+        setattr(data, split, checked)
+
+
 def _fail(value: Any) -> Any:
     raise ValueError(value)
 
@@ -475,6 +498,12 @@ def _line_of(source: str, dotted: str) -> int | None:
         return None
     line = None
     for part in dotted.split("."):
+        if isinstance(node, yaml.SequenceNode) and part.isdigit():  # a list entry: data.train.0
+            if int(part) >= len(node.value):
+                return line
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             return line
         for key_node, value_node in node.value:

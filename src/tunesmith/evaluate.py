@@ -150,7 +150,7 @@ def metrics_after_training(
     split = "test" if test_examples else "validation"
     examples = test_examples or load_examples(cfg, split)
     entries = dataset_entries(cfg.data, split) or dataset_entries(cfg.data, "train")
-    limits = prompt_limits(entries[0] if entries else cfg.data)
+    limits = prompt_limits(entries[0] if entries else cfg.data, cfg.data.max_seq_len)
     if cfg.eval.metrics_examples is not None:
         examples = examples[: cfg.eval.metrics_examples]
     settings = GenerationSettings(

@@ -56,3 +56,32 @@ def test_the_fixed_command_runs_after_a_failed_one(tmp_path, capsys):
     assert main(["train", *base, "tracking.backends=[tensorbored]"]) == 2
     assert main(["train", *base]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
+
+
+def test_a_typo_in_an_entry_overlong_is_refused_with_its_file_line(tmp_path, capsys):
+    """`overlong` inside a `data.train` list entry is checked like `data.overlong`: a typo is a
+    one-line error naming the key and its line, not a silent truncate."""
+    from conftest import NUMBERS
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  train:\n"
+        f"    - path: {NUMBERS / 'train.jsonl'}\n"
+        "      cutoff_len: 4\n"
+        "      overlong: eror\n",
+        encoding="utf-8",
+    )
+    overrides = [o for o in run_overrides(tmp_path, steps=1) if not o.startswith("data.train=")]
+    code = main(["train", str(recipe), *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert f"{recipe}:5" in err[0] and "data.train[0].overlong='eror'" in err[0]
+    assert "'error'" in err[0]  # the hint names the value meant
+    assert not (tmp_path / "run").exists()
+
+    # Spelled right, the same entry's `error` is the one that applies: the run is refused for length.
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("eror", "error"), "utf-8")
+    assert main(["train", str(recipe), *overrides]) == 2
+    assert "longer than the limits" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -428,17 +428,22 @@ def formatted_entries(cfg: Config, split: str) -> list[tuple[DatasetEntry, list[
 def length_cap(
     cfg: Config, entry: DatasetEntry | None = None, context_len: int | None = None
 ) -> tuple[int | None, str]:
-    """The longest example a run trains on, and which setting sets it.
+    """The longest example a run trains on, and which setting sets it (see `cap_of`)."""
+    return cap_of((entry or cfg.data).cutoff_len, cfg.data.max_seq_len, context_len)
 
-    The one rule (docs/data.md, Lengths): the smallest of the entry's `cutoff_len`,
+
+def cap_of(
+    cutoff_len: int | None, max_seq_len: int | None, context_len: int | None
+) -> tuple[int | None, str]:
+    """The one length rule (docs/data.md, Lengths): the smallest of the entry's `cutoff_len`,
     `data.max_seq_len` (packed or not) and the model's context (`max_position_embeddings`);
-    longer examples are cut or refused as `overlong` says, never passed on silently.
-    """
+    longer examples are cut or refused as `overlong` says, never passed on silently. Training
+    and generation (`generate.prompt_limits`) both cut with it."""
     candidates = [
         (v, name)
         for v, name in (
-            ((entry or cfg.data).cutoff_len, "cutoff_len"),
-            (cfg.data.max_seq_len, "max_seq_len"),
+            (cutoff_len, "cutoff_len"),
+            (max_seq_len, "max_seq_len"),
             (context_len, "the model context"),
         )
         if v

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-fast test-gpu bench lint format clean
+.PHONY: demo test test-fast test-gpu bench bench-quick lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu tests/gpu
 
-bench: $(STAMP)
-	$(PY) bench/run_all.py
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+# The benchmarks' own dependencies (trl, ...) come from the `bench` extra.
+bench: $(BENCH_STAMP)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) bench/run_all.py --quick
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench examples

@@ -56,6 +56,7 @@ class StepProbe:
     """Per-optimizer-step timings and token counts, identical for every trainer."""
 
     steps: list[StepRecord] = field(default_factory=list)
+    sync_cuda: bool = False  # wait for the GPU at step boundaries (its work is asynchronous)
     _last_wall: float | None = None
     _last_cpu: float = 0.0
     _opt_start: float = 0.0
@@ -114,10 +115,18 @@ class StepProbe:
 
         return forward
 
+    def _sync(self) -> None:
+        if self.sync_cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._sync()
         self._opt_start = time.perf_counter()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._sync()
         now, cpu = time.perf_counter(), time.process_time()
         if self._last_wall is None:
             self._last_wall, self._last_cpu = self._opt_start, cpu

@@ -135,28 +135,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def plot(results: dict[str, dict[str, Any]], path: Path, steps: int) -> bool:
     """Validation loss against step, one line per method; False when matplotlib is missing."""
-    try:
-        import matplotlib
+    from tunesmith.tracking import plot_runs
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, r in results.items():
-        if "error" in r or not r["val_curve"]:
-            continue
-        xs, ys = zip(*r["val_curve"])
-        ax.plot(xs, ys, marker="o", markersize=3, label=f"{name} ({r['trainable_percent']:.2f}%)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation loss")
-    ax.set_title(f"stories260K on number spelling, {steps} steps, each method at its default lr")
-    ax.grid(alpha=0.3)
-    ax.legend(title="method (trainable %)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    runs = {
+        f"{name} ({r['trainable_percent']:.2f}%)": [
+            {"step": step, "val_loss": loss} for step, loss in r["val_curve"]
+        ]
+        for name, r in results.items()
+        if "error" not in r and r["val_curve"]
+    }
+    title = f"stories260K on number spelling, {steps} steps, each method at its default lr"
+    return plot_runs(runs, path, title=title, legend_title="method (trainable %)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,12 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--samsum", action="store_true", help="also time the cache on SAMSum")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 steps of 256 tokens, _quick output"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seq = 3, 256
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp())
     tokenizer = load_tokenizer(load_config(None, [f"model.name={MODEL}"]).model)
@@ -113,7 +118,8 @@ def main() -> None:
         samsum = ["data.preset=samsum", "data.max_input_tokens=512", "data.test=null"]
         results["cache_samsum"] = cache_speedup(tokenizer, str(SAMSUM), samsum)
     shutil.rmtree(work)
-    out = ROOT / "bench" / "results" / "data_packing_cache.json"
+    name = "data_packing_cache_quick.json" if args.quick else "data_packing_cache.json"
+    out = ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(json.dumps(results, indent=2))

@@ -138,3 +138,70 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def numbers_cfg(*extra: str):
+    """The tiny number-spelling data as a recipe without a model (data tests), uncached."""
+    from tunesmith.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.train={NUMBERS / 'train.jsonl'}",
+            "data.input_format='Spell __input__ in words:'",
+            "data.output_format=' __output__'",
+            "data.cache=false",
+            "train.batch_size=4",
+            *extra,
+        ],
+    )
+
+
+def token_spans(tokenizer, encoded, trained: bool = True) -> list[str]:
+    """Decoded runs of an encoded example's tokens that are (or, trained=False, are not) trained."""
+    from tunesmith.data.tokenize import IGNORE
+
+    out, run = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if (label != IGNORE) == trained:
+            run.append(token)
+        elif run:
+            out.append(tokenizer.decode(run))
+            run = []
+    if run:
+        out.append(tokenizer.decode(run))
+    return out
+
+
+def write_pairs(path: Path, n: int = 120) -> Path:
+    """{prompt, chosen, rejected} pairs from the number-spelling task: chosen is the right
+    spelling, rejected another number's (for preference objectives)."""
+    import json
+
+    rows = [json.loads(line) for line in (NUMBERS / "train.jsonl").open()][:n]
+    with path.open("w") as f:
+        for i, row in enumerate(rows):
+            other = rows[(i + 7) % len(rows)]["output"]
+            f.write(
+                json.dumps({"prompt": row["input"], "chosen": row["output"], "rejected": other})
+            )
+            f.write("\n")
+    return path
+
+
+def preference_overrides(tmp_path: Path, method: str = "lora", steps: int = 8, **extra) -> list:
+    """run_overrides for a tiny DPO run on write_pairs data (validation held out)."""
+    values = {
+        "data.train": str(write_pairs(_made(tmp_path) / "pairs.jsonl")),
+        "data.validation": "null",
+        "data.val_set_size": 16,
+        "data.format": "preference",
+        "objective.name": "dpo",
+        **extra,
+    }
+    return run_overrides(tmp_path, "llama", method, steps, **values)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -5,9 +5,12 @@
     tunesmith evaluate runs/a --data test.jsonl --metrics rougeL,exact_match
     tunesmith generate runs/a --adapter b=runs/b --use b --input in.jsonl --output out.jsonl
     tunesmith export runs/a --out exported/a --merge --dtype bf16
+    tunesmith export runs/a --gguf a.gguf --quant q8_0
+    tunesmith chat runs/a --adapter b=runs/b --max-new-tokens 128
     tunesmith plan configs/quickstart.yaml --compare --device a100-80gb
     tunesmith config --explain train
     tunesmith train cfg.yaml strategy.name=ddp --nproc-per-node 2
+    tunesmith board --runs runs                     # web page: plan, launch, watch, compare, try
     tunesmith slurm cfg.yaml --nodes 2 --gpus-per-node 8 --partition gpu -o job.sbatch
 
 User mistakes print one line (`error: ...`) and exit with code 2.
@@ -18,9 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tunesmith import launch
 from tunesmith.errors import EXIT_USER_ERROR, UserError
+
+if TYPE_CHECKING:
+    from tunesmith.generate import GenerationSettings
 
 
 def split_recipe(first: str | None, rest: list[str]) -> tuple[str | None, list[str]]:
@@ -45,9 +52,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tunesmith.generate import GenerationSettings, generate_file
+    from tunesmith.generate import generate_file
 
-    settings = GenerationSettings(
+    settings = sampling_settings(args)
+    settings.batch_size = args.batch_size
+    adapters = dict(parse_named_path(item) for item in args.adapter or [])
+    n = generate_file(args.model, args.input, args.output, settings, adapters, args.use)
+    print(f"wrote {n} records to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tunesmith.chat import chat_loop
+    from tunesmith.generate import load_for_inference
+
+    adapters = dict(parse_named_path(item) for item in args.adapter or [])
+    loaded = load_for_inference(args.model, adapters=adapters, use=args.use)
+    return chat_loop(loaded, sampling_settings(args), system=args.system)
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The generation options `generate` and `chat` share."""
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: none)")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="penalty on repeated tokens"
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=PATH",
+        help="load another adapter onto the same base (repeatable); pick one with --use",
+    )
+    p.add_argument("--use", metavar="NAME", help="the adapter that generates (default: MODEL's)")
+
+
+def sampling_settings(args: argparse.Namespace) -> GenerationSettings:
+    """GenerationSettings from the options of `add_sampling_options`."""
+    from tunesmith.generate import GenerationSettings
+
+    return GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
         temperature=args.temperature,
@@ -55,12 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         num_beams=args.num_beams,
         repetition_penalty=args.repetition_penalty,
-        batch_size=args.batch_size,
     )
-    adapters = dict(parse_named_path(item) for item in args.adapter or [])
-    n = generate_file(args.model, args.input, args.output, settings, adapters, args.use)
-    print(f"wrote {n} records to {args.output}", file=sys.stderr)
-    return 0
 
 
 def parse_named_path(item: str) -> tuple[str, str]:
@@ -72,9 +115,14 @@ def parse_named_path(item: str) -> tuple[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tunesmith.export import export
+    from tunesmith.export import export, export_gguf
 
-    out = export(args.source, args.out, merge=args.merge, dtype=args.dtype)
+    if (args.out is None) == (args.gguf is None):
+        raise UserError("export needs one of --out DIR or --gguf FILE", "give exactly one")
+    if args.gguf is not None:
+        out = export_gguf(args.source, args.gguf, args.quant)
+    else:
+        out = export(args.source, args.out, merge=args.merge, dtype=args.dtype)
     print(f"exported {args.source} to {out}", file=sys.stderr)
     return 0
 
@@ -83,6 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tunesmith.data.formats import format_record
+    from tunesmith.data.presets import PRESET_METRICS
     from tunesmith.data.sources import read_records
     from tunesmith.evaluate import task_metrics
     from tunesmith.generate import (
@@ -94,14 +143,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     model_dir = resolve_model_dir(args.model)
-    entry = entry_from_record(read_run_record(model_dir), args.data)
+    record = read_run_record(model_dir)
+    entry = entry_from_record(record, args.data)
+    limits = prompt_limits(entry, (record.get("data") or {}).get("max_seq_len"))
     examples = [format_record(r, entry) for r in read_records(args.data, "test")][: args.limit]
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, batch_size=args.batch_size
     )
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    names = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
+    if not names:  # the preset's own metrics (GLEU for JFLEG), else ROUGE-L
+        names = PRESET_METRICS.get(entry.preset or "", ["rougeL"])
     predictions = Path(args.predictions) if args.predictions else None
-    results = task_metrics(model_dir, examples, names, settings, prompt_limits(entry), predictions)
+    results = task_metrics(model_dir, examples, names, settings, limits, predictions)
     if not results:
         print("no examples with an output to score", file=sys.stderr)
         return 2
@@ -112,6 +165,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if isinstance(value, float)
             else f"{key.ljust(width)}  {value}"
         )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunesmith.compare import compare_runs
+
+    print(compare_runs([Path(r) for r in args.runs], Path(args.plot)))
     return 0
 
 
@@ -127,16 +189,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or cfg.data.max_seq_len or cfg.data.cutoff_len or 512
     names = list(METHODS) if args.compare else [cfg.method.name]
     plans = compare_methods(cfg, names, device=args.device, world=args.gpus, seq_len=seq_len)
+    m = cfg.model
     print(
-        f"plan: {cfg.model.name or cfg.model.config.get('model_type')} on {args.gpus} x "
-        f"{args.device}, strategy {cfg.strategy.name}, precision {cfg.train.precision}, "
+        f"plan: {m.name or m.config.get('model_type')} (dtype {m.dtype}, quantization "
+        f"{m.quantization}) on {args.gpus} x {args.device}, strategy {cfg.strategy.name}, "
+        f"precision {cfg.train.precision}, activation checkpointing "
+        f"{'on' if cfg.train.activation_checkpointing else 'off'}, "
         f"batch {cfg.train.batch_size} x {seq_len} tokens per device"
     )
     print(format_plans(plans, names))
     print(
-        "Estimates from first principles (docs/planning.md); allow 10-20% for allocator and "
-        "framework buffers. 'fits' keeps 15% headroom."
+        "Estimates from first principles (docs/planning.md), within 10% of measured peaks in "
+        "bench/plan_accuracy.py; allow 10-20% for allocator and framework buffers. 'fits' keeps "
+        "15% headroom."
     )
+    own = plans[names.index(cfg.method.name)] if cfg.method.name in names else None
+    if own is not None and not isinstance(own, Exception) and not own.fits:
+        from tunesmith.estimate.fit import what_would_fit
+
+        options = what_would_fit(cfg, args.device, args.gpus, seq_len)
+        print(f"\nThe recipe does not fit {args.device}. What would fit:")
+        for option in options or []:
+            print(f"  {option.describe()}")
+        if not options:
+            print("  no single change does: a device with more memory, or several changes at once")
     return 0
 
 
@@ -156,16 +232,62 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.data.preview import preview_text
-    from tunesmith.models.load import is_encoder_decoder, load_config_of, load_tokenizer
+    from tunesmith.models.load import (
+        is_encoder_decoder,
+        load_config_of,
+        load_tokenizer,
+        model_context,
+    )
 
-    cfg = load_config(args.config, args.overrides)
-    encoder_decoder = is_encoder_decoder(cfg.model, load_config_of(cfg.model))
-    print(preview_text(cfg, load_tokenizer(cfg.model), encoder_decoder, args.n))
+    cfg = load_config(*split_recipe(args.config, args.overrides))
+    hf_config = load_config_of(cfg.model)
+    encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    print(preview_text(cfg, tokenizer, encoder_decoder, args.n, model_context(hf_config)))
     return 0
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from tunesmith.board.app import serve
+    except ImportError as exc:
+        raise UserError(
+            f"the board needs the `board` extra ({exc.name} is missing)",
+            "pip install 'tunesmith[board]'",
+        ) from None
+    serve(
+        Path(args.runs),
+        [Path(d) for d in args.recipes or ["configs"]],
+        args.host,
+        args.port,
+        args.auth,
+    )
+    return 0
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help, except where there is nothing to show (None,
+    off switches) or the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models.")
+    """The `tunesmith` argument parser: every subcommand, every flag with help and its default."""
+    from tunesmith import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tunesmith",
+        description="Fine-tune language models.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML recipe")
@@ -180,47 +302,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder or model/adapter folder")
     p.add_argument("--input", required=True, help="jsonl of records (same fields as training)")
     p.add_argument("--output", required=True, help="jsonl to write (records + generated_text)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--do-sample", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--adapter",
-        action="append",
-        metavar="NAME=PATH",
-        help="load another adapter onto the same base (repeatable); pick one with --use",
-    )
-    p.add_argument("--use", metavar="NAME", help="the adapter that generates (default: MODEL's)")
+    add_sampling_options(p)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to a trained model or adapter in the terminal")
+    p.add_argument("model", help="run folder or model/adapter folder")
+    p.add_argument("--system", help="system message to start with (chat-template runs)")
+    add_sampling_options(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("export", help="write a run's model as a standard HF or PEFT folder")
     p.add_argument("source", help="run folder, its final/, or a checkpoint folder")
-    p.add_argument("--out", required=True, help="new folder to write (must not exist or be empty)")
+    p.add_argument("--out", help="new folder to write (must not exist or be empty)")
+    p.add_argument("--gguf", metavar="FILE", help="write one GGUF file (llama.cpp, Ollama) instead")
+    p.add_argument(
+        "--quant", choices=["f16", "bf16", "q8_0"], default="f16", help="GGUF weight type"
+    )
     p.add_argument(
         "--merge", action="store_true", help="fold a LoRA/IA3 adapter into the base weights"
     )
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast the weights")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="score a trained model's generations (ROUGE, EM, F1)")
+    p = sub.add_parser(
+        "evaluate", help="score a trained model's generations (ROUGE, BLEU, chrF, GLEU, EM, F1)"
+    )
     p.add_argument("model", help="run folder or model/adapter folder")
-    p.add_argument("--data", required=True, help="jsonl with the fields used in training")
-    p.add_argument("--metrics", default="rougeL", help="comma-separated: rouge1,rougeL,f1,...")
+    p.add_argument("--data", required=True, help="data with the fields used in training")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated: rouge1,rouge2,rougeL,rougeLsum,bleu,chrf,gleu,exact_match,f1"
+        " (default: the data preset's, e.g. gleu for jfleg; else rougeL)",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: none)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--predictions", help="also write prompts, references and generations here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="config differences, final metrics and losses of runs")
+    p.add_argument("runs", nargs="+", help="two or more run folders")
+    p.add_argument(
+        "--plot", default="compare.png", help="PNG of the overlaid losses (default: compare.png)"
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plan", help="memory and FLOPs per device before launching")
     p.add_argument("config", nargs="?", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--device", default="cpu", help="cpu, a100-80gb, h100-80gb, l4-24gb, ...")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, l4-24gb, a100-80gb, h100-80gb, h200-141gb, ..."
+    )
     p.add_argument("--gpus", type=int, default=1, help="processes / devices in total")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example (padded)")
     p.add_argument("--compare", action="store_true", help="every registered method side by side")
@@ -239,15 +374,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("board", help="local web page to plan, launch, watch, compare, try runs")
+    p.add_argument("--runs", default="runs", help="folder of run folders (launches go here)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (others need --auth)")
+    p.add_argument("--port", type=int, default=7860, help="port to serve the page on")
+    p.add_argument("--auth", metavar="USER:PASS", help="HTTP Basic login; required off-localhost")
+    p.add_argument(
+        "--recipes",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folder of recipes to start from (repeatable; default: configs)",
+    )
+    p.set_defaults(func=cmd_board)
+
     data = sub.add_parser("data", help="inspect the data of a recipe").add_subparsers(
         dest="data_command", required=True
     )
     p = data.add_parser("preview", help="formatted examples, lengths, truncation, packing")
-    p.add_argument("config", help="recipe YAML")
+    p.add_argument("config", nargs="?", help="recipe YAML (or only key=value overrides)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--n", type=int, default=5, help="examples to show")
     p.set_defaults(func=cmd_data_preview)
+    for each in all_parsers(parser):  # `--help` of every subcommand shows the defaults too
+        each.formatter_class = HelpFormatter
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser below it, depth first."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases once
+                out += all_parsers(child)
+    return out
 
 
 def quiet_third_party_noise() -> None:

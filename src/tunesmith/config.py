@@ -3,15 +3,17 @@
     cfg = load_config("configs/quickstart.yaml", ["train.max_steps=50", "method.name=lora"])
 
 Every field carries its help text in `metadata["help"]`; `tunesmith config --explain` prints them.
-Unknown keys anywhere are errors with a "did you mean" hint. `method` and `strategy` are tagged
-unions: `name` picks the options dataclass that the method's or strategy's own module defines, so
-an option of another method (`method.rho` on a LoRA run) is an unknown key like any other.
+Unknown keys anywhere are errors with a "did you mean" hint. `method`, `strategy` and `objective`
+are tagged unions: `name` picks the options dataclass that the method's, strategy's or objective's
+own module defines, so an option of another method (`method.rho` on a LoRA run) is an unknown key
+like any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"]
 
 
 @dataclass
@@ -67,7 +69,8 @@ class DataConfig:
     validation: Any = option(None, "Validation data (same forms as `train`).")
     test: Any = option(None, "Test data for final evaluation and `generate` (same forms).")
     preset: str | None = option(
-        None, "Named dataset setup for every entry: samsum, grammar, alpaca, dolly, english_quotes."
+        None,
+        "Named dataset setup for every entry: samsum, grammar, jfleg, alpaca, dolly, english_quotes.",
     )
     format: str = option("input_output", "Record format: input_output, alpaca, chat, completion...")
     fields: dict = option({}, "Rename record fields, e.g. {input: dialogue, output: summary}.")
@@ -77,11 +80,19 @@ class DataConfig:
         None, "Named prompt template of the alpaca format: stanford, plain."
     )
     system: str | None = option(None, "System message added to chat records that have none.")
+    chat_template: str | None = option(
+        None,
+        "Named chat template for format: chat when the tokenizer has none: chatml, llama3, "
+        "mistral, gemma, phi, qwen, alpaca.",
+    )
     max_input_tokens: int | None = option(None, "Cut prompts to this many tokens.")
     max_output_tokens: int | None = option(None, "Cut answers to this many tokens (EOS included).")
-    cutoff_len: int | None = option(None, "Cut prompt+answer to this many tokens.")
-    overlong: Literal["truncate", "drop"] = option(
-        "truncate", "What to do with examples longer than the limits."
+    cutoff_len: int | None = option(
+        None, "Cut prompt+answer to this many tokens (see docs/data.md, Lengths)."
+    )
+    overlong: Literal["truncate", "drop", "error"] = option(
+        "truncate",
+        "Examples over a limit: truncate (cut), drop, or error (refuse the run, with a count).",
     )
     truncation_side: Literal["right", "left"] = option(
         "right", "Which end of an over-long input to cut: right keeps its start, left its end."
@@ -89,8 +100,17 @@ class DataConfig:
     train_on_inputs: bool = option(False, "Also train on prompt tokens (default: answer only).")
     val_set_size: float = option(0, "Hold out this many (or this fraction of) training examples.")
     packing: bool = option(False, "Pack several examples into one row of max_seq_len tokens.")
-    max_seq_len: int | None = option(None, "Row length for packing.")
+    max_seq_len: int | None = option(
+        None,
+        "Longest sequence trained on (longer examples are cut or refused, see `overlong`); "
+        "with packing also the row length.",
+    )
     group_by_length: bool = option(False, "Batch examples of similar length to cut padding.")
+    pad_to_multiple_of: int | None = option(
+        None,
+        "Pad each padded batch's length up to a multiple of this (never past the longest "
+        "example); default 64 when train.compile is on (few shapes to compile), else 1.",
+    )
     num_workers: int = option(
         0, "Processes that tokenise large sets (2,000+ examples); 0/1: one process."
     )
@@ -126,11 +146,25 @@ class TrainConfig:
         "adamw_stochastic (keep learning on bf16-pure weights).",
     )
     max_grad_norm: float | None = option(1.0, "Clip the global gradient norm (null: no clipping).")
-    precision: Precision = option("fp32", "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure.")
+    precision: Precision = option(
+        "auto",
+        "fp32, bf16-mixed, fp16-mixed (loss scaler), bf16-pure; auto = bf16-mixed on a CUDA GPU "
+        "with bf16, else fp32 (resolved when the config loads).",
+    )
     activation_checkpointing: bool = option(
         False, "Recompute activations in backward (non-reentrant)."
     )
-    compile: bool = option(False, "torch.compile the model (slow first step, faster after).")
+    compile: bool | Literal["auto"] = option(
+        "auto",
+        "torch.compile the transformer blocks (slow first steps, faster after); auto = on for "
+        "one-process runs on CUDA or on CPU with bf16 (docs/speed.md).",
+    )
+    kernels: Literal["none", "liger"] = option(
+        "none", "liger: Liger-Kernel's fused linear cross-entropy, RMSNorm, RoPE, SwiGLU (CUDA)."
+    )
+    loss_chunk_size: int = option(
+        2048, "Target positions per LM-head + cross-entropy chunk (bounds logits memory; 0: one)."
+    )
     log_every: int = option(10, "Log loss, lr and throughput every N optimizer steps.")
     max_bad_steps: int = option(10, "Stop after this many non-finite steps in a row.")
     dist_timeout: int = option(1800, "Seconds a collective may wait before the run fails.")
@@ -169,11 +203,26 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     backends: list = option(
-        [], "Experiment trackers besides metrics.jsonl: tensorboard, aim, wandb."
+        [], "Experiment trackers besides metrics.jsonl: tensorboard, mlflow, wandb, aim, trackio."
     )
     run_name: str | None = option(None, "Run name shown in trackers; default: output_dir name.")
     project: str = option("tunesmith", "Project / experiment name in trackers.")
     aim_repo: str | None = option(None, "Aim repository folder; default <output_dir>/aim.")
+    tensorboard_dir: str | None = option(
+        None, "TensorBoard log folder; default <output_dir>/tensorboard."
+    )
+    mlflow_uri: str | None = option(
+        None,
+        "MLflow tracking URI (a server: http://host:5000); default a sqlite store in"
+        " <output_dir>/mlruns.",
+    )
+    wandb_dir: str | None = option(None, "Folder W&B writes its wandb/ into; default <output_dir>.")
+    wandb_mode: Literal["offline", "online"] = option(
+        "offline", "W&B mode: offline (no account; `wandb sync` later) or online."
+    )
+    trackio_dir: str | None = option(
+        None, "trackio's local store folder; default <output_dir>/trackio."
+    )
     plot: bool = option(True, "Write loss.png (training and validation loss) at the end.")
 
 
@@ -183,6 +232,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: Any = None  # the selected method's Options dataclass (tagged by its `name`)
     strategy: Any = None  # the selected strategy's Options dataclass
+    objective: Any = None  # the selected objective's Options dataclass (sft, dpo, orpo, ...)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -206,15 +256,17 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
 }
 TOP_LEVEL = ("output_dir", "seed", "resume", "plugins")
-DEFAULT_METHOD, DEFAULT_STRATEGY = "full", "single"
+DEFAULT_METHOD, DEFAULT_STRATEGY, DEFAULT_OBJECTIVE = "full", "single", "sft"
+UNIONS = ("method", "strategy", "objective")
 
 
 def _union_registries() -> dict[str, dict[str, type]]:
     # Imported here: the registries import torch and the methods, which config users may not need.
     from tunesmith.methods import METHODS
+    from tunesmith.objectives import OBJECTIVES
     from tunesmith.strategies import STRATEGIES
 
-    return {"method": METHODS, "strategy": STRATEGIES}
+    return {"method": METHODS, "strategy": STRATEGIES, "objective": OBJECTIVES}
 
 
 # ---------------------------------------------------------------- loading
@@ -280,14 +332,16 @@ def apply_override(raw: dict, item: str) -> None:
 
 def config_from_dict(raw: dict, source: str = "<config>") -> Config:
     """Build a Config from a nested dict (as read from YAML)."""
-    unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL) - {"method", "strategy"}
+    unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL) - set(UNIONS)
     for key in sorted(unknown):
-        _unknown_key(source, key, [*SECTIONS, *TOP_LEVEL, "method", "strategy"])
+        _unknown_key(source, key, [*SECTIONS, *TOP_LEVEL, *UNIONS])
     cfg = Config()
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, raw.get(name) or {}, name, source))
+    _check_entry_values(cfg.data, source)
     registries = _union_registries()
-    for name, default in (("method", DEFAULT_METHOD), ("strategy", DEFAULT_STRATEGY)):
+    defaults = (DEFAULT_METHOD, DEFAULT_STRATEGY, DEFAULT_OBJECTIVE)
+    for name, default in zip(UNIONS, defaults):
         section = raw.get(name) or {}
         if isinstance(section, str):  # `method: lora` is shorthand for `method: {name: lora}`
             section = {"name": section}
@@ -300,10 +354,14 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
             _unknown_key(source, f"{name}.name={tag}", list(registry), value=tag)
         options = build_dataclass(registry[tag].Options, {**section, "name": tag}, name, source)
         setattr(cfg, name, options)
+    hints = typing.get_type_hints(Config)  # resolved: `f.type` is only the annotation's text
     for key in TOP_LEVEL:
         if key in raw:
-            f = next(f for f in dataclasses.fields(Config) if f.name == key)
-            setattr(cfg, key, coerce(raw[key], f.type, key, source))
+            setattr(cfg, key, coerce(raw[key], hints[key], key, source))
+    if cfg.train.precision == "auto":
+        from tunesmith.strategies.base import default_precision
+
+        cfg.train.precision = default_precision(getattr(cfg.strategy, "device", None))
     return cfg
 
 
@@ -315,6 +373,8 @@ def build_dataclass(cls: type, values: Any, prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if keyword.iskeyword(key) and f"{key}_" in names:  # `lambda` is stored as `lambda_`
+            key = f"{key}_"
         if key not in names:
             _unknown_key(source, f"{prefix}.{key}", [f"{prefix}.{n}" for n in names])
         kwargs[key] = coerce(value, hints[key], f"{prefix}.{key}", source)
@@ -387,6 +447,28 @@ def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     )
 
 
+def _check_entry_values(data: DataConfig, source: str) -> None:
+    """Check the `data` settings a dataset-list entry overrides (`overlong`, `cutoff_len`, ...)
+    against the same types as the `data` keys, so a typo is refused instead of defaulting."""
+    hints = typing.get_type_hints(DataConfig)
+    for split in ("train", "validation", "test"):
+        items = getattr(data, split)
+        if not isinstance(items, list):
+            continue
+        checked = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                item = dict(item)
+                for key in set(item) & set(hints) - {"train", "validation", "test"}:
+                    if item[key] is None:
+                        continue
+                    line = _line_of(source, f"data.{split}.{i}.{key}")
+                    where = f"{source}:{line}" if line else source
+                    item[key] = coerce(item[key], hints[key], f"data.{split}[{i}].{key}", where)
+            checked.append(item)
+        setattr(data, split, checked)
+
+
 def _fail(value: Any) -> Any:
     raise ValueError(value)
 
@@ -416,6 +498,12 @@ def _line_of(source: str, dotted: str) -> int | None:
         return None
     line = None
     for part in dotted.split("."):
+        if isinstance(node, yaml.SequenceNode) and part.isdigit():  # a list entry: data.train.0
+            if int(part) >= len(node.value):
+                return line
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             return line
         for key_node, value_node in node.value:
@@ -448,7 +536,7 @@ def explain(section: str | None = None) -> str:
     for name, cls in SECTIONS.items():
         if wanted in (None, name):
             blocks.append((name, cls))
-    for name in ("method", "strategy"):
+    for name in UNIONS:
         for tag, impl in registries[name].items():
             if wanted in (None, name) and (
                 section is None or "." not in section or section.split(".")[1] == tag
@@ -464,7 +552,7 @@ def explain(section: str | None = None) -> str:
     else:
         out = []
     if not blocks and not out:
-        known = [*SECTIONS, "method", "strategy", "top"]
+        known = [*SECTIONS, *UNIONS, "top"]
         raise UserError(f"unknown config section {section!r}", f"choose one of {', '.join(known)}")
     for title, cls in blocks:
         out.append(f"{title}:")
@@ -473,7 +561,8 @@ def explain(section: str | None = None) -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = _type_name(typing.get_type_hints(cls)[f.name])
-            out.append(f"  {f.name}: {kind} = {default!r}")
+            key = f.name[:-1] if keyword.iskeyword(f.name[:-1]) else f.name  # lambda_ -> lambda
+            out.append(f"  {key}: {kind} = {default!r}")
             if f.metadata.get("help"):
                 out.append(f"      {f.metadata['help']}")
         out.append("")
@@ -494,7 +583,7 @@ def markdown_reference() -> str:
     """Every section's keys as markdown tables (docs/config_reference.md is this output)."""
     registries = _union_registries()
     blocks: list[tuple[str, type]] = [(name, cls) for name, cls in SECTIONS.items()]
-    for union in ("method", "strategy"):
+    for union in UNIONS:
         blocks += [
             (f"{union} (name: {tag})", impl.Options) for tag, impl in registries[union].items()
         ]
@@ -520,7 +609,8 @@ def markdown_reference() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = _type_name(hints[f.name]).replace("|", "\\|")
-            out.append(f"| `{f.name}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |")
+            key = f.name[:-1] if keyword.iskeyword(f.name[:-1]) else f.name  # lambda_ -> lambda
+            out.append(f"| `{key}` | {kind} | `{default!r}` | {f.metadata.get('help', '')} |")
     return "\n".join(out) + "\n"
 
 

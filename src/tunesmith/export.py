@@ -3,6 +3,7 @@
     tunesmith export runs/a --out exported/a                  # as trained: full model or adapter
     tunesmith export runs/a --out exported/a-merged --merge   # LoRA/IA3 folded into the base
     tunesmith export runs/a/checkpoints/step-100 --out exported/a-100 --dtype bf16
+    tunesmith export runs/a --gguf a.gguf --quant q8_0         # one file for llama.cpp / Ollama
 
 The source is a run folder (its `final/`), a `final/`-like model or adapter folder, or a resume
 checkpoint (`checkpoints/step-N`, rebuilt from its config.yaml). Full models come out as a HF
@@ -10,7 +11,8 @@ folder (`AutoModel*.from_pretrained`); adapters as a PEFT folder
 (`PeftModel.from_pretrained(base, out)`), with `base/` beside them when the base was built from a
 config dict. `--merge` loads the base unquantized (even when training used a 4-bit one), folds
 the adapter in and writes a plain HF model that loads without peft. The source is never written
-to, and `--out` must be new or empty.
+to, and `--out` must be new or empty. `--gguf` writes a Llama-family model (an adapter merged
+first) as one GGUF file (export_gguf.py).
 """
 
 from __future__ import annotations
@@ -64,6 +66,45 @@ def export(
     return out
 
 
+def export_gguf(source: str | Path, out: str | Path, quant: str = "f16") -> Path:
+    """Write `source` (a LoRA/IA3 adapter merged into its base first) as a GGUF file at `out`.
+
+    Raises:
+        UserError: `out` exists; a method with nothing to merge; a model outside the Llama family.
+    """
+    from tunesmith.export_gguf import check_gguf_model, write_gguf
+
+    source, out = Path(source).resolve(), Path(out).resolve()
+    if not source.exists():
+        raise UserError(f"{source}: no such run, model or checkpoint folder")
+    if out.exists():
+        raise UserError(f"--gguf {out} already exists", "choose a new file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        if is_checkpoint(source):
+            model_dir = Path(tmp) / "rebuilt"
+            rebuild_from_checkpoint(source, model_dir)
+        else:
+            model_dir = resolve_model_dir(source)
+        record = read_run_record(model_dir)
+        if (model_dir / "adapter_config.json").is_file():
+            _check_mergeable(model_dir, record, "--gguf")
+            adapter = _load_adapter(model_dir, record)
+            check_gguf_model(adapter.get_base_model().config.model_type)
+            model = adapter.merge_and_unload()
+        else:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            check_gguf_model(AutoConfig.from_pretrained(model_dir).model_type)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        from transformers import AutoTokenizer
+
+        staging = Path(tmp) / "model.gguf"
+        write_gguf(model, AutoTokenizer.from_pretrained(model_dir), staging, quant)
+        staging.rename(out)  # a half-written file never carries the final name
+    return out
+
+
 SHARDED_FORMATS = ("sharded", "full_state.pt", "zero")  # strategies/consolidate.py reads them
 
 
@@ -104,13 +145,8 @@ def write_export(model_dir: Path, out: Path, merge: bool, dtype: torch.dtype | N
     """Write the model or adapter of `model_dir` (a final/-like folder) into `out`."""
     record = read_run_record(model_dir)
     if (model_dir / "adapter_config.json").is_file():
-        method = (record.get("method") or {}).get("name") or _peft_type(model_dir)
         if merge:
-            if method not in MERGEABLE:
-                raise UserError(
-                    f"--merge: method {method} has no weights to fold into the base",
-                    "only lora and ia3 adapters merge; export without --merge",
-                )
+            _check_mergeable(model_dir, record, "--merge")
             merged = _load_adapter(model_dir, record).merge_and_unload()
             _save_model(merged, model_dir, out, dtype)
             _write_record(record, out, merged_from=str(model_dir))
@@ -126,6 +162,15 @@ def write_export(model_dir: Path, out: Path, merge: bool, dtype: torch.dtype | N
     model = auto.from_pretrained(model_dir, dtype=dtype or "auto")
     _save_model(model, model_dir, out, dtype)
     _write_record(record, out)
+
+
+def _check_mergeable(model_dir: Path, record: dict[str, Any], option: str) -> None:
+    method = (record.get("method") or {}).get("name") or _peft_type(model_dir)
+    if method not in MERGEABLE:
+        raise UserError(
+            f"{option}: method {method} has no weights to fold into the base",
+            "only lora and ia3 adapters merge; export an adapter folder with --out",
+        )
 
 
 def _peft_type(model_dir: Path) -> str:

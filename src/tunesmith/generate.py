@@ -22,10 +22,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from tunesmith.config import ModelConfig
 from tunesmith.data.formats import Example, format_record
+from tunesmith.data.loader import cap_of
 from tunesmith.data.sources import DatasetEntry, read_records
 from tunesmith.data.tokenize import encode_prompt
 from tunesmith.errors import UserError
-from tunesmith.models.load import ensure_pad_token
+from tunesmith.models.load import ensure_pad_token, model_context
 from tunesmith.train.run_dir import RUN_RECORD
 
 
@@ -204,14 +205,27 @@ def entry_from_record(record: dict[str, Any], path: str) -> DatasetEntry:
     return DatasetEntry(path=path, split="test", **{k: v for k, v in data.items() if k in known})
 
 
-def prompt_limits(entry: Any) -> PromptLimits:
+def prompt_limits(
+    entry: Any, max_seq_len: int | None = None, context_len: int | None = None
+) -> PromptLimits:
     """The prompt limits of a dataset entry (or anything with the same fields).
 
-    A prompt longer than `cutoff_len` was cut to it in training, so generation cuts it there too.
+    A prompt is cut to its `max_input_tokens` and to the training length rule
+    (`data.loader.cap_of`: cutoff_len, max_seq_len, the model context), as training cut it.
     """
-    limits = [getattr(entry, key, None) for key in ("max_input_tokens", "cutoff_len")]
-    given = [n for n in limits if n]
+    cap = cap_of(getattr(entry, "cutoff_len", None), max_seq_len, context_len)[0]
+    given = [n for n in (getattr(entry, "max_input_tokens", None), cap) if n]
     return PromptLimits(min(given) if given else None, getattr(entry, "truncation_side", "right"))
+
+
+def fit_to_model(limits: PromptLimits, model: Any, max_new_tokens: int) -> PromptLimits:
+    """`limits` also cut at the model's context, less room for `max_new_tokens`: a prompt past
+    a fixed position table (GPT-2) would crash generation instead of being cut."""
+    context = model_context(model.config)
+    if not context:
+        return limits
+    room = context - max_new_tokens
+    return prompt_limits(limits, context_len=room if room > 0 else context)
 
 
 def encode_prompts(
@@ -229,6 +243,22 @@ def encode_prompts(
             stats.prompts += 1
             stats.truncated += cut
     return out
+
+
+def generation_kwargs(settings: GenerationSettings, tokenizer: Any) -> dict[str, Any]:
+    """The `model.generate` options of `settings` (sampling knobs only when sampling)."""
+    return {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "temperature": settings.temperature if settings.do_sample else None,
+        "top_k": settings.top_k if settings.do_sample else None,
+        "top_p": settings.top_p if settings.do_sample else None,
+        "num_beams": settings.num_beams,
+        "repetition_penalty": settings.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
 
 
 @torch.no_grad()
@@ -249,6 +279,7 @@ def generate_texts(
     """
     if not isinstance(limits, PromptLimits):
         limits = PromptLimits(limits)
+    limits = fit_to_model(limits, model, settings.max_new_tokens)
     device = next(model.parameters()).device
     outputs: list[str] = []
     batches = range(0, len(examples), settings.batch_size)
@@ -267,16 +298,7 @@ def generate_texts(
         generated = model.generate(
             input_ids=torch.tensor(ids, device=device),
             attention_mask=torch.tensor(mask, device=device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature if settings.do_sample else None,
-            top_k=settings.top_k if settings.do_sample else None,
-            top_p=settings.top_p if settings.do_sample else None,
-            num_beams=settings.num_beams,
-            repetition_penalty=settings.repetition_penalty,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
+            **generation_kwargs(settings, tokenizer),
         )
         new_tokens = generated if encoder_decoder else generated[:, width:]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
@@ -304,7 +326,9 @@ def generate_file(
     entry = entry_from_record(loaded.record, input_path)
     records = read_records(input_path, entry.split)
     examples = [format_record(r, entry) for r in records]
-    limits, stats = prompt_limits(entry), PromptStats()
+    max_seq_len = (loaded.record.get("data") or {}).get("max_seq_len")
+    limits = fit_to_model(prompt_limits(entry, max_seq_len), loaded.model, settings.max_new_tokens)
+    stats = PromptStats()
     texts = generate_texts(
         loaded.model,
         loaded.tokenizer,

@@ -340,11 +340,15 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("config", help="recipe YAML (the path as the compute nodes see it)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
-        p.add_argument("--nodes", type=int, required=True)
-        p.add_argument("--gpus-per-node", type=int, required=True)
-        p.add_argument(queue_flag, dest="queue", default=None)
+        p.add_argument("--nodes", type=int, required=True, help="nodes to allocate")
+        p.add_argument(
+            "--gpus-per-node", type=int, required=True, help="GPUs (processes) on each node"
+        )
+        p.add_argument(
+            queue_flag, dest="queue", default=None, help=f"{name} {queue_flag[2:]} to submit to"
+        )
         p.add_argument("--time", default=None, help="wall-clock limit (Slurm HH:MM:SS, LSF HH:MM)")
-        p.add_argument("--job-name", default="tunesmith")
+        p.add_argument("--job-name", default="tunesmith", help="job name shown by the scheduler")
         p.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per node")
         p.add_argument("--python", default=sys.executable, help="python on the compute nodes")
         p.add_argument("--port", type=int, default=RDZV_PORT, help="rendezvous port")

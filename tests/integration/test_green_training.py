@@ -104,7 +104,7 @@ def test_selection_trains_only_selected_tensors_and_keeps_moments_across_reselec
             for n in params
             if n not in selected
         }
-        forward_backward(model, [random_batch(step % 3)], strategy, encoder_decoder=False)
+        forward_backward(model, [random_batch(step % 3)], strategy)
         assert {n for n, p in params.items() if p.grad is not None} == selected
         strategy.step(optimizer, 1.0)
         for name, (weight, moments) in frozen_before.items():  # no update, no weight decay

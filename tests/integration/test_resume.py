@@ -236,3 +236,20 @@ def test_resume_mid_epoch_2_with_packing_and_mixing(tmp_path):
     )
     a, b = final_weights(run), final_weights(reference)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_sigkill_and_resume_is_bitwise_equal(tmp_path, method):
+    """objective.name=dpo: the reference (adapters disabled / frozen copy of the starting model)
+    survives a kill -9, so the resumed run equals an uninterrupted one bit for bit."""
+    from conftest import preference_overrides
+
+    extra = {"checkpoint.save_every": 2, "eval.eval_every": 2}
+    reference_argv = preference_overrides(tmp_path / "ref", method, STEPS, **extra)
+    train(load_config(None, reference_argv))
+    argv = preference_overrides(tmp_path, method, STEPS, **extra)
+    code = run_in_child(argv, "step:5", tmp_path / "child.log")
+    assert code == -signal.SIGKILL, (tmp_path / "child.log").read_text()
+    summary = train(load_config(None, [*argv, "resume=auto"]))
+    assert summary["resumed_from_step"] == 4
+    assert_same_run(tmp_path / "run", tmp_path / "ref" / "run")

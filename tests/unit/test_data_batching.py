@@ -8,25 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import NUMBERS, tiny_config
+from conftest import numbers_cfg, tiny_config
 from tunesmith.config import load_config
 from tunesmith.data.loader import build_dataloaders, collate, real_tokens
 from tunesmith.data.packing import collate_packed, pack
 from tunesmith.data.tokenize import IGNORE
-
-
-def numbers_cfg(*extra):
-    return load_config(
-        None,
-        [
-            f"data.train={NUMBERS / 'train.jsonl'}",
-            "data.input_format='Spell __input__ in words:'",
-            "data.output_format=' __output__'",
-            "data.cache=false",
-            "train.batch_size=4",
-            *extra,
-        ],
-    )
 
 
 def per_token_losses(model, batch):
@@ -41,9 +27,20 @@ def per_token_losses(model, batch):
     return losses
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_rows_give_the_same_per_example_loss(tokenizer, attn):
+@pytest.mark.parametrize(
+    "attn,compiled",
+    [
+        ("sdpa", False),
+        ("eager", False),
+        # Compiled blocks (inductor, as train.compile does it) keep documents apart too. Slow
+        # on a cold inductor cache (one block's forward graph); seconds on a warm one.
+        pytest.param("sdpa", True, marks=pytest.mark.slow),
+    ],
+)
+def test_packed_rows_give_the_same_per_example_loss(tokenizer, attn, compiled, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunesmith.train.compile import compile_blocks
 
     cfg = tiny_config("llama")
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
@@ -55,6 +52,9 @@ def test_packed_rows_give_the_same_per_example_loss(tokenizer, attn):
     assert any(len(row) > 2 for row in rows)
     with torch.no_grad():
         alone = [per_token_losses(model, collate([e], 0, False)).sum().item() for e in examples]
+        if compiled:  # after the references: one compiled shape, the packed batch's
+            monkeypatch.setenv("TUNESMITH_COMPILE_BACKEND", "inductor")
+            assert compile_blocks(model) == config.num_hidden_layers
         packed_losses = per_token_losses(model, collate_packed(rows, tokenizer.pad_token_id))
     got = {}
     for r, row in enumerate(rows):

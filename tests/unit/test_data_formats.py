@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import token_spans
 from tunesmith.config import load_config
 from tunesmith.data.formats import FORMATS, alpaca, chat, completion
 from tunesmith.data.loader import build_dataloaders
@@ -15,19 +16,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-
-
-def trained_spans(tokenizer, enc):
-    spans, run = [], []
-    for token, label in zip(enc.input_ids, enc.labels):
-        if label != IGNORE:
-            run.append(token)
-        elif run:
-            spans.append(tokenizer.decode(run))
-            run = []
-    if run:
-        spans.append(tokenizer.decode(run))
-    return spans
 
 
 def test_alpaca_named_templates_with_and_without_input():
@@ -70,7 +58,7 @@ def test_chat_trains_assistant_turns_only(tokenizer):
     entry = DatasetEntry(path="x", format="chat")
     encs = [encode(tokenizer, chat(r, entry), Limits(), False) for r in (openai, sharegpt)]
     assert encs[0] == encs[1]
-    assert trained_spans(tokenizer, encs[0]) == ["Hello there</s>", "See you</s>"]
+    assert token_spans(tokenizer, encs[0]) == ["Hello there</s>", "See you</s>"]
     assert tokenizer.decode(encs[0].input_ids) == tokenizer.apply_chat_template(
         openai["messages"], tokenize=False
     )

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, tiny_config
 from tunesmith.config import load_config
 from tunesmith.data.loader import build_dataloaders, load_examples
 from tunesmith.data.sources import dataset_entries
@@ -130,3 +130,40 @@ def test_a_saved_run_cuts_generation_prompts_at_its_cutoff_len(tmp_path):
     write_run_record(cfg, tmp_path, encoder_decoder=False)
     entry = entry_from_record(read_run_record(tmp_path), str(tmp_path / "d.jsonl"))
     assert prompt_limits(entry).max_input_tokens == 10
+
+
+def test_a_prompt_longer_than_the_model_context_is_cut_not_crashing(tokenizer, tmp_path):
+    """GPT-2 has a fixed position table: `generate` and evaluation cut a longer prompt to the
+    context (leaving room for the new tokens), as training's length rule does, instead of crashing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = write_data(tmp_path)
+    cfg = load_config(None, [f"data.train={data}", "data.input_format='Q: __input__ A:'"])
+    tiny = tiny_config("gpt2")
+    model_type = tiny.pop("model_type")
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(model_type, **{**tiny, "n_positions": 16})
+    )
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_run_record(cfg, model_dir, encoder_decoder=False)
+    examples = load_examples(cfg, "train")
+    lengths = [len(p) for p in encode_prompts(tokenizer, examples, prompt_limits(cfg.data))]
+    assert sum(n > 16 - 2 for n in lengths) == 2  # two prompts do not fit with 2 new tokens
+
+    settings = GenerationSettings(max_new_tokens=2, batch_size=2)
+    lines: list[str] = []
+    generate_file(model_dir, str(data), tmp_path / "out.jsonl", settings, log=lines.append)
+    assert lines == ["generate: 2 of 3 prompts truncated to 14 tokens (input start kept)"]
+    scores = task_metrics(model_dir, examples, ["exact_match"], settings, prompt_limits(cfg.data))
+    assert scores["n_examples"] == 3 and scores["n_truncated"] == 2
+
+
+def test_a_saved_run_cuts_generation_prompts_at_its_max_seq_len(tmp_path):
+    """max_seq_len caps training examples, so the saved run's prompts are cut there too."""
+    cfg = load_config(None, [f"data.train={write_data(tmp_path)}", "data.max_seq_len=9"])
+    write_run_record(cfg, tmp_path, encoder_decoder=False)
+    record = read_run_record(tmp_path)
+    entry = entry_from_record(record, str(tmp_path / "d.jsonl"))
+    assert prompt_limits(entry, record["data"]["max_seq_len"]).max_input_tokens == 9

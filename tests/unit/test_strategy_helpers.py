@@ -52,10 +52,11 @@ def test_fsdp_units_are_the_repeated_transformer_blocks(kind, expected):
 
 
 def test_compatibility_doc_shows_the_generated_table():
-    from tunesmith.compat import method_strategy_table
+    from tunesmith.compat import method_strategy_table, objective_table
 
     doc = (ROOT / "docs" / "compatibility.md").read_text(encoding="utf-8")
     assert method_strategy_table() in doc, "regenerate: python -m tunesmith.compat --markdown"
+    assert objective_table() in doc, "regenerate: python -m tunesmith.compat --markdown"
 
 
 def test_unsupported_cell_is_refused_before_loading(tmp_path):

@@ -61,3 +61,38 @@ def test_the_head_sees_target_positions_only_and_the_loss_is_unchanged(kind):
     loss.backward()
     head = model.get_output_embeddings().weight
     assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+def loss_and_grads(model, batch, chunk_size):
+    model.zero_grad(set_to_none=True)
+    loss, n = token_loss(model, batch, chunk_size=chunk_size)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), n, grads
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5", "llama-prompt"])
+def test_chunked_head_gives_the_unchunked_loss_and_gradients(kind):
+    """Chunks of 3 target positions (recomputed in backward) against one pass over all of them:
+    the same summed loss and the same gradient on every parameter, also for encoder-decoder and
+    for prompt tuning (virtual tokens in front of the hidden states)."""
+    model = build_tiny_model(kind.split("-")[0]).float().eval()
+    if kind == "llama-prompt":
+        from peft import PromptTuningConfig, get_peft_model
+
+        model = get_peft_model(
+            model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+        )
+    batch = batch_with_prompts(512)
+    whole, n_whole, grads_whole = loss_and_grads(model, batch, chunk_size=0)
+    chunked, n_chunked, grads_chunked = loss_and_grads(model, batch, chunk_size=3)
+    assert n_whole == n_chunked and n_whole > 3 * 3  # several chunks, one of them partial
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert grads_whole.keys() == grads_chunked.keys() and grads_whole
+    for name, grad in grads_whole.items():
+        diff = (grads_chunked[name] - grad).abs().max().item()
+        assert diff <= 1e-5 * grad.abs().max().item() + 1e-7, (name, diff, grad.abs().max().item())
+    expected, _ = (
+        textbook_loss(model, batch, kind == "t5") if kind != "llama-prompt" else (whole, 0)
+    )
+    assert whole.item() == pytest.approx(expected.item(), rel=1e-6)

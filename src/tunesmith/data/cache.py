@@ -87,6 +87,7 @@ def _save(splits: Splits, target: Path) -> None:
             label_lens=np.array([len(r) for r in labels], dtype=np.int64),
             truncated=np.array([e.truncated for e in examples], dtype=bool),
             source=np.array([e.source for e in examples], dtype=np.int32),
+            **_preference_arrays(examples),
         )
         meta[name] = stats
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -111,6 +112,32 @@ def _load(target: Path) -> Splits:
             labels = _split_rows(arrays["labels"], arrays["label_lens"])
             flags = arrays["truncated"].tolist()
             sources = arrays["source"].tolist()
-        examples = [Encoded(i, lab, t, s) for i, lab, t, s in zip(ids, labels, flags, sources)]
+            examples = [Encoded(i, lab, t, s) for i, lab, t, s in zip(ids, labels, flags, sources)]
+            _attach_preference(examples, arrays)
         splits[name] = (examples, stats)
     return splits
+
+
+def _preference_arrays(examples: list[Encoded]) -> dict[str, np.ndarray]:
+    """The rejected rows of pairs and the desirable flags of KTO examples (none for SFT data)."""
+    out: dict[str, np.ndarray] = {}
+    if examples and examples[0].rejected_ids is not None:
+        ids = [e.rejected_ids or [] for e in examples]
+        labels = [e.rejected_labels or [] for e in examples]
+        out["rejected_ids"] = np.fromiter((t for row in ids for t in row), dtype=np.int32)
+        out["rejected_labels"] = np.fromiter((t for row in labels for t in row), dtype=np.int32)
+        out["rejected_lens"] = np.array([len(r) for r in ids], dtype=np.int64)
+    if examples and examples[0].desirable is not None:
+        out["desirable"] = np.array([bool(e.desirable) for e in examples], dtype=bool)
+    return out
+
+
+def _attach_preference(examples: list[Encoded], arrays: Any) -> None:
+    if "rejected_ids" in arrays:
+        ids = _split_rows(arrays["rejected_ids"], arrays["rejected_lens"])
+        labels = _split_rows(arrays["rejected_labels"], arrays["rejected_lens"])
+        for e, i, lab in zip(examples, ids, labels):
+            e.rejected_ids, e.rejected_labels = i, lab
+    if "desirable" in arrays:
+        for e, flag in zip(examples, arrays["desirable"].tolist()):
+            e.desirable = flag

@@ -35,6 +35,9 @@ class Example:
     source: str
     messages: list[dict[str, str]] | None = None
     reference: Any = None  # all references when a record has several (JFLEG)
+    rejected: str | None = None  # preference pairs: `answer` is the chosen response
+    rejected_messages: list[dict[str, str]] | None = None  # chat pairs: `messages` ends in chosen
+    desirable: bool | None = None  # KTO: whether `answer` is a desirable completion
 
 
 Format = Callable[[dict[str, Any], DatasetEntry], Example]
@@ -88,9 +91,11 @@ def check_entry(entry: DatasetEntry) -> None:
             f"data.format={entry.format!r} is not a known format",
             f"choose one of {', '.join(sorted(FORMATS))} (or register one in a plugin)",
         )
-    if entry.format == "input_output":
+    if entry.format in ("input_output", "preference", "kto"):
         check_template(entry.input_format, INPUT, "input_format")
         check_template(entry.output_format, OUTPUT, "output_format")
+    if entry.format == "alpaca":
+        alpaca_template(entry.template, True)  # an unknown template name is refused here
 
 
 @register("input_output")
@@ -106,7 +111,12 @@ def input_output(record: dict[str, Any], entry: DatasetEntry) -> Example:
         input_text=text,
         input_format=entry.input_format,
         source=record.get("_source", entry.label),
-        reference=record.get("references"),
+        # Every reference in the answer's template, so each compares like the answer does.
+        reference=[
+            fill(entry.output_format, OUTPUT, str(ref), "output_format")
+            for ref in record.get("references") or ()
+        ]
+        or None,
     )
 
 
@@ -183,6 +193,121 @@ def chat(record: dict[str, Any], entry: DatasetEntry) -> Example:
         input_format=INPUT,
         source=source,
         messages=messages,
+    )
+
+
+def _response(record: dict[str, Any], name: str, entry: DatasetEntry) -> Any:
+    """A chosen/rejected/completion value: text, or the assistant turn(s) of a chat record."""
+    value = field_value(record, name, entry)
+    source = record.get("_source", entry.label)
+    if isinstance(value, list):
+        turns = [t for t in value if isinstance(t, dict) and t.get("role") == "assistant"]
+        if not turns:
+            raise UserError(
+                f"{source}: {name!r} is a list without an assistant turn",
+                "give the response as text or as [{role: assistant, content: ...}]",
+            )
+        value = [{"role": "assistant", "content": str(t.get("content", ""))} for t in turns]
+        text = value[-1]["content"]
+    else:
+        text = str(value)
+    if not text.strip():
+        raise UserError(f"{source}: empty {name!r} response", "every response needs text")
+    return value
+
+
+def _prompt_of(
+    record: dict[str, Any], entry: DatasetEntry, chat: bool
+) -> tuple[str, str, list[dict[str, str]] | None]:
+    """(prompt text filled into input_format, raw input, chat messages or None)."""
+    value = field_value(record, "prompt", entry)
+    if not chat:
+        if isinstance(value, list):
+            value = "\n".join(str(t.get("content", "")) for t in value if isinstance(t, dict))
+        text = str(value)
+        return fill(entry.input_format, INPUT, text, "input_format"), text, None
+    messages = (
+        [{"role": str(t["role"]), "content": str(t["content"])} for t in value]
+        if isinstance(value, list)
+        else [{"role": "user", "content": str(value)}]
+    )
+    if entry.system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": entry.system})
+    return "", "", messages
+
+
+@register("preference")
+def preference(record: dict[str, Any], entry: DatasetEntry) -> Example:
+    """`{prompt, chosen, rejected}` pairs (DPO, ORPO, SimPO, reward models).
+
+    The responses are text (filled into output_format) or, as in TRL's conversational format,
+    lists of assistant turns; then the prompt is a message list (or text, taken as one user turn)
+    and the tokenizer's chat template renders both conversations, only the responses scored.
+    """
+    source = record.get("_source", entry.label)
+    chosen, rejected = _response(record, "chosen", entry), _response(record, "rejected", entry)
+    chat = isinstance(chosen, list) or isinstance(rejected, list)
+    if chat and not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise UserError(
+            f"{source}: 'chosen' and 'rejected' must both be text or both be chat turns",
+            "write both in the same form",
+        )
+    if chosen == rejected:
+        raise UserError(
+            f"{source}: 'chosen' equals 'rejected'", "a pair needs two different responses"
+        )
+    prompt, text, messages = _prompt_of(record, entry, chat)
+    if chat:
+        return Example(
+            prompt="",
+            answer=chosen[-1]["content"],
+            input_text="",
+            input_format=INPUT,
+            source=source,
+            messages=[*messages, *chosen],
+            rejected=rejected[-1]["content"],
+            rejected_messages=[*messages, *rejected],
+        )
+    return Example(
+        prompt=prompt,
+        answer=fill(entry.output_format, OUTPUT, chosen, "output_format"),
+        input_text=text,
+        input_format=entry.input_format,
+        source=source,
+        rejected=fill(entry.output_format, OUTPUT, rejected, "output_format"),
+        reference=record.get("references"),
+    )
+
+
+@register("kto")
+def kto(record: dict[str, Any], entry: DatasetEntry) -> Example:
+    """KTO's unpaired `{prompt, completion, label}` records (label true: desirable)."""
+    source = record.get("_source", entry.label)
+    completion = _response(record, "completion", entry)
+    label = field_value(record, "label", entry)
+    if isinstance(label, str) and label.lower() in ("true", "false", "1", "0"):
+        label = label.lower() in ("true", "1")
+    if not isinstance(label, (bool, int)) or label not in (0, 1):
+        raise UserError(f"{source}: 'label' must be true or false, got {label!r}")
+    chat = isinstance(completion, list)
+    prompt, text, messages = _prompt_of(record, entry, chat)
+    if chat:
+        return Example(
+            prompt="",
+            answer=completion[-1]["content"],
+            input_text="",
+            input_format=INPUT,
+            source=source,
+            messages=[*messages, *completion],
+            desirable=bool(label),
+        )
+    return Example(
+        prompt=prompt,
+        answer=fill(entry.output_format, OUTPUT, completion, "output_format"),
+        input_text=text,
+        input_format=entry.input_format,
+        source=source,
+        desirable=bool(label),
     )
 
 

@@ -32,6 +32,7 @@ from tunesmith.data.sources import DatasetEntry, content_fingerprint, dataset_en
 from tunesmith.data.tokenize import ENCODING_VERSION, IGNORE, Encoded, Limits, encode_parallel
 from tunesmith.errors import UserError
 
+AUTO_PAD_MULTIPLE = 64  # data.pad_to_multiple_of when the model is compiled
 GROUP_CHUNK = 64  # micro-batches sorted together by group_by_length (independent of world size)
 PACK_BUCKETS = 32  # lengths within 1/32 of a row count as equal when packing (variety per epoch)
 
@@ -48,11 +49,21 @@ class SplitStats:
     per_epoch: dict[str, int] = field(default_factory=dict)  # examples per epoch (mixing)
     rows: int = 0  # packed rows (train with packing)
     packing_efficiency: float | None = None  # real tokens / (rows x max_seq_len)
+    mean_len: float = 0.0  # tokens per example as trained (after cutting)
+    p95_len: int = 0
+    max_len: int = 0
+    longest: int = 0  # the longest example before the length cap
+    limit: int | None = None  # the length cap applied (see `length_cap`)
+    limit_source: str = ""  # which setting set it: cutoff_len, max_seq_len or the model context
 
 
 def describe_stats(split: str, s: SplitStats) -> str:
     """One log line: examples, truncated, dropped, per entry and per epoch, packing."""
     line = f"{split}: {s.examples} examples ({s.truncated} truncated, {s.dropped} dropped)"
+    if s.examples:
+        line += f"; tokens mean {s.mean_len:.0f}, p95 {s.p95_len}, max {s.max_len}"
+        if s.limit is not None:
+            line += f" (cap {s.limit} from {s.limit_source}; longest before it {s.longest})"
     if len(s.per_source) > 1:
         line += "; per entry " + ", ".join(f"{k}: {v}" for k, v in s.per_source.items())
     if s.per_epoch:
@@ -63,25 +74,94 @@ def describe_stats(split: str, s: SplitStats) -> str:
 
 
 def collate(
-    items: list[Encoded], pad_id: int, encoder_decoder: bool, pad_left: bool = False
+    items: list[Encoded],
+    pad_id: int,
+    encoder_decoder: bool,
+    pad_left: bool = False,
+    multiple: int = 1,
+    longest: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad a list of encoded examples into tensors (labels padded with -100)."""
+    """Pad a list of encoded examples into tensors (labels padded with -100).
 
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
+    The width is the batch's longest row rounded up to `multiple` (a compiled model then sees a
+    few lengths, not one per batch), but never past `longest` (input, labels): the longest rows
+    of the whole split, which fit the model's positions.
+
+    Preference pairs become chosen rows followed by rejected rows (one forward scores both);
+    KTO examples also get their mismatched KL rows (see `collate_unpaired`).
+    """
+    if items[0].rejected_ids is not None:
+        return collate_pairs(items, pad_id)
+    if items[0].desirable is not None:
+        return collate_unpaired(items, pad_id)
+
+    def pad(rows: list[list[int]], value: int, cap: int | None = None) -> torch.Tensor:
+        longest_here = max(len(r) for r in rows)
+        rounded = -(-longest_here // multiple) * multiple
+        width = max(min(rounded, cap) if cap else rounded, longest_here)
         padded = [
             ([value] * (width - len(r)) + r) if pad_left else (r + [value] * (width - len(r)))
             for r in rows
         ]
         return torch.tensor(padded, dtype=torch.long)
 
+    cap_in, cap_out = longest or (None, None)
     batch = {
-        "input_ids": pad([e.input_ids for e in items], pad_id),
-        "attention_mask": pad([[1] * len(e.input_ids) for e in items], 0),
-        "labels": pad([e.labels for e in items], IGNORE),
+        "input_ids": pad([e.input_ids for e in items], pad_id, cap_in),
+        "attention_mask": pad([[1] * len(e.input_ids) for e in items], 0, cap_in),
+        "labels": pad([e.labels for e in items], IGNORE, cap_out),
     }
     if encoder_decoder:
-        batch["decoder_attention_mask"] = pad([[1] * len(e.labels) for e in items], 0)
+        batch["decoder_attention_mask"] = pad([[1] * len(e.labels) for e in items], 0, cap_out)
+    return batch
+
+
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [
+        ([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def _rows(ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": _pad(ids, pad_id),
+        "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+        "labels": _pad(labels, IGNORE),
+    }
+
+
+def collate_pairs(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pairs as 2B rows: the chosen rows, then the rejected rows, padded right to one width."""
+    ids = [e.input_ids for e in items] + [e.rejected_ids or [] for e in items]
+    labels = [e.labels for e in items] + [e.rejected_labels or [] for e in items]
+    batch = _rows(ids, labels, pad_id)
+    if all(e.ref_logps is not None for e in items):
+        refs = [e.ref_logps[0] for e in items] + [e.ref_logps[1] for e in items]  # type: ignore[index]
+        batch["ref_logps"] = torch.tensor(refs, dtype=torch.float64)
+    return batch
+
+
+def _split_prompt(e: Encoded) -> tuple[list[int], list[int]]:
+    start = next((i for i, t in enumerate(e.labels) if t != IGNORE), len(e.labels))
+    return e.input_ids[:start], e.input_ids[start:]
+
+
+def collate_unpaired(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """KTO examples, their `desirable` flags, and the KL rows (x_i, y_(i-1)): the completions
+    rotated by one within the batch, as TRL's KTOTrainer builds its KL estimate."""
+    batch = _rows([e.input_ids for e in items], [e.labels for e in items], pad_id)
+    batch["desirable"] = torch.tensor([bool(e.desirable) for e in items], dtype=torch.long)
+    parts = [_split_prompt(e) for e in items]
+    completions = [c for _, c in parts]
+    rotated = completions[-1:] + completions[:-1]
+    kl_ids = [p + c for (p, _), c in zip(parts, rotated)]
+    kl_labels = [[IGNORE] * len(p) + c for (p, _), c in zip(parts, rotated)]
+    kl = _rows(kl_ids, kl_labels, pad_id)
+    batch.update({f"kl_{k}": v for k, v in kl.items()})
+    if all(e.ref_logps is not None for e in items):
+        batch["ref_logps"] = torch.tensor([e.ref_logps[0] for e in items], dtype=torch.float64)  # type: ignore[index]
     return batch
 
 
@@ -127,8 +207,18 @@ class TrainBatches:
         source_labels: list[str] | None = None,
         max_seq_len: int | None = None,
         accum: int = 1,
+        pad_multiple: int = 1,
+        fixed_rows: bool = False,
     ) -> None:
         self.examples = examples
+        # Shapes for a compiled model: padded batches to a multiple of `pad_multiple` (capped at
+        # the longest example), packed rows always max_seq_len wide with `fixed_rows`.
+        self.pad_multiple = pad_multiple
+        self.fixed_rows = fixed_rows
+        self.longest = (
+            max((len(e.input_ids) for e in examples), default=0),
+            max((len(e.labels) for e in examples), default=0),
+        )
         self.accum = accum
         self.batch_size = batch_size
         self.rank, self.world = rank, world
@@ -235,8 +325,15 @@ class TrainBatches:
 
     def _collate(self, picked: list[Unit]) -> dict[str, torch.Tensor]:
         if self.packed:
-            return collate_packed(picked, self.pad_id)  # type: ignore[arg-type]
-        return collate(picked, self.pad_id, self.encoder_decoder)  # type: ignore[arg-type]
+            width = self.max_seq_len if self.fixed_rows else None
+            return collate_packed(picked, self.pad_id, width)  # type: ignore[arg-type]
+        return collate(
+            picked,  # type: ignore[arg-type]
+            self.pad_id,
+            self.encoder_decoder,
+            multiple=self.pad_multiple,
+            longest=self.longest,
+        )
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next micro-batch of this rank (moves to the next epoch when one ends)."""
@@ -287,6 +384,7 @@ class DataBundle:
     encoder_decoder: bool
     pad_id: int
     from_cache: bool = False
+    cache_path: Path | None = None  # this data's folder in the tokenised-data cache
 
     def eval_batches(
         self, batch_size: int, rank: int, world: int, max_batches: int | None = None
@@ -301,7 +399,10 @@ class DataBundle:
         share = -(-len(self.validation) // world)
         if self.validation and len(mine) < share:
             filler = self.validation[0]
-            mine = mine + [Encoded(filler.input_ids, [IGNORE] * len(filler.labels), False)]
+            blank = dataclasses.replace(filler, labels=[IGNORE] * len(filler.labels))
+            if blank.rejected_labels is not None:
+                blank.rejected_labels = [IGNORE] * len(blank.rejected_labels)
+            mine = mine + [blank]
         limit = len(mine) if max_batches is None else min(len(mine), max_batches * batch_size)
         for start in range(0, limit, batch_size):
             yield collate(mine[start : start + batch_size], self.pad_id, self.encoder_decoder)
@@ -324,17 +425,42 @@ def formatted_entries(cfg: Config, split: str) -> list[tuple[DatasetEntry, list[
     return out
 
 
-def limits_of(cfg: Config, entry: DatasetEntry | None = None) -> Limits:
+def length_cap(
+    cfg: Config, entry: DatasetEntry | None = None, context_len: int | None = None
+) -> tuple[int | None, str]:
+    """The longest example a run trains on, and which setting sets it (see `cap_of`)."""
+    return cap_of((entry or cfg.data).cutoff_len, cfg.data.max_seq_len, context_len)
+
+
+def cap_of(
+    cutoff_len: int | None, max_seq_len: int | None, context_len: int | None
+) -> tuple[int | None, str]:
+    """The one length rule (docs/data.md, Lengths): the smallest of the entry's `cutoff_len`,
+    `data.max_seq_len` (packed or not) and the model's context (`max_position_embeddings`);
+    longer examples are cut or refused as `overlong` says, never passed on silently. Training
+    and generation (`generate.prompt_limits`) both cut with it."""
+    candidates = [
+        (v, name)
+        for v, name in (
+            (cutoff_len, "cutoff_len"),
+            (max_seq_len, "max_seq_len"),
+            (context_len, "the model context"),
+        )
+        if v
+    ]
+    return min(candidates, key=lambda c: c[0]) if candidates else (None, "")
+
+
+def limits_of(
+    cfg: Config, entry: DatasetEntry | None = None, context_len: int | None = None
+) -> Limits:
     """Length limits of an entry (the `data` section's when no entry is given)."""
     d = cfg.data
     source = entry or d
-    cutoff = source.cutoff_len
-    if d.packing and d.max_seq_len:
-        cutoff = min(cutoff or d.max_seq_len, d.max_seq_len)  # an example must fit in a row
     return Limits(
         source.max_input_tokens,
         source.max_output_tokens,
-        cutoff,
+        length_cap(cfg, entry, context_len)[0],
         d.train_on_inputs,
         source.overlong,
         getattr(source, "truncation_side", "right"),
@@ -368,7 +494,29 @@ def tokenize_examples(
     return out
 
 
-def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict[str, Any]:
+def _length_stats(stats: SplitStats, encoded: list[Encoded]) -> None:
+    """Mean, 95th percentile and maximum tokens per example, and the longest before the cap."""
+    lengths = sorted(len(e.input_ids) for e in encoded)
+    if not lengths:
+        return
+    stats.mean_len = sum(lengths) / len(lengths)
+    stats.p95_len = lengths[min(math.ceil(0.95 * len(lengths)) - 1, len(lengths) - 1)]
+    stats.max_len = lengths[-1]
+    stats.longest = max(stats.longest, max(e.full_length for e in encoded))
+
+
+def _refuse_overlong(split: str, label: str, n: int, total: int, limits: Limits, why: str) -> None:
+    raise UserError(
+        f"data.{split} ({label}): {n} of {total} examples are longer than the limits "
+        f"(length cap {limits.cutoff_len} from {why or 'none'}; max_input_tokens "
+        f"{limits.max_input_tokens}, max_output_tokens {limits.max_output_tokens})",
+        "shorten them, raise the limits, or set data.overlong=truncate (or drop)",
+    )
+
+
+def _tokenize_splits(
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None = None
+) -> dict[str, Any]:
     """Read, format and tokenise train and validation (holding out val_set_size if asked)."""
     train = formatted_entries(cfg, "train")
     validation = formatted_entries(cfg, "validation")
@@ -385,19 +533,23 @@ def _tokenize_splits(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> dict
         stats = SplitStats()
         encoded: list[Encoded] = []
         for k, (entry, examples) in enumerate(groups):
-            before = stats.examples
-            encoded += tokenize_examples(
-                examples,
-                tokenizer,
-                limits_of(cfg, entry),
-                encoder_decoder,
-                stats,
-                k,
-                cfg.data.num_workers,
+            before, cut_before = stats.examples, stats.truncated
+            limits = limits_of(cfg, entry, context_len)
+            cap, why = length_cap(cfg, entry, context_len)
+            if cap is not None and (stats.limit is None or cap < stats.limit):
+                stats.limit, stats.limit_source = cap, why
+            part = tokenize_examples(
+                examples, tokenizer, limits, encoder_decoder, stats, k, cfg.data.num_workers
             )
+            if entry.overlong == "error" and stats.truncated > cut_before:
+                _refuse_overlong(
+                    split, entry.label, stats.truncated - cut_before, len(examples), limits, why
+                )
+            encoded += part
             stats.per_source[entry.label] = stats.per_source.get(entry.label, 0) + (
                 stats.examples - before
             )
+        _length_stats(stats, encoded)
         out[split] = (encoded, dataclasses.asdict(stats))
     return out
 
@@ -408,7 +560,7 @@ def _cache_folder(cfg: Config) -> Path | None:
     return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
 
 
-def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
+def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None) -> str:
     entries = {}
     for split in ("train", "validation"):
         entries[split] = [
@@ -419,7 +571,7 @@ def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
         {
             "entries": entries,
             "tokenizer": tokenizer_fingerprint(tokenizer),
-            "limits": [d.train_on_inputs, d.packing and d.max_seq_len],
+            "limits": [d.train_on_inputs, d.max_seq_len, context_len],
             "encoder_decoder": encoder_decoder,
             "val": [d.val_set_size, cfg.seed],
             "encoding": ENCODING_VERSION,
@@ -428,14 +580,42 @@ def _key(cfg: Config, tokenizer: Any, encoder_decoder: bool) -> str:
 
 
 def tokenized_splits(
-    cfg: Config, tokenizer: Any, encoder_decoder: bool
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, context_len: int | None = None
 ) -> tuple[dict[str, tuple[list[Encoded], SplitStats]], bool]:
     """Train and validation examples with their stats, from the cache when it has them."""
-    build = lambda: _tokenize_splits(cfg, tokenizer, encoder_decoder)  # noqa: E731
+    build = lambda: _tokenize_splits(cfg, tokenizer, encoder_decoder, context_len)  # noqa: E731
     folder = _cache_folder(cfg)
-    key = _key(cfg, tokenizer, encoder_decoder) if folder is not None else ""
+    key = _key(cfg, tokenizer, encoder_decoder, context_len) if folder is not None else ""
     splits, hit = cached_splits(folder, key, build)
     return {name: (ex, SplitStats(**stats)) for name, (ex, stats) in splits.items()}, hit
+
+
+DATA_KINDS = {
+    "tokens": "a supervised format (input_output, alpaca, chat, completion)",
+    "pairs": "data.format=preference ({prompt, chosen, rejected} records)",
+    "unpaired": "data.format=kto ({prompt, completion, label} records)",
+}
+
+
+def data_kind_of(example: Encoded) -> str:
+    """tokens, pairs or unpaired: what kind of example the formats made."""
+    if example.rejected_ids is not None:
+        return "pairs"
+    return "tokens" if example.desirable is None else "unpaired"
+
+
+def check_data_kind(cfg: Config, examples: list[Encoded]) -> None:
+    """Every example is of the kind the objective trains on (pairs for DPO, ...)."""
+    from tunesmith.objectives import OBJECTIVES
+
+    wanted = OBJECTIVES[cfg.objective.name].data_kind
+    found = {data_kind_of(e) for e in examples}
+    for kind in sorted(found - {wanted}):
+        raise UserError(
+            f"objective.name={cfg.objective.name} trains on {DATA_KINDS[wanted]}, but the data "
+            f"holds {DATA_KINDS[kind]}",
+            "set data.format (per dataset entry) or objective.name to match",
+        )
 
 
 def _check_packing(cfg: Config, encoder_decoder: bool) -> int:
@@ -448,13 +628,24 @@ def _check_packing(cfg: Config, encoder_decoder: bool) -> int:
 
 
 def build_dataloaders(
-    cfg: Config, tokenizer: Any, rank: int, world: int, encoder_decoder: bool
+    cfg: Config,
+    tokenizer: Any,
+    rank: int,
+    world: int,
+    encoder_decoder: bool,
+    context_len: int | None = None,
+    compiled: bool = False,
 ) -> DataBundle:
     """Read, format, tokenise (or read the cache), mix, pack and shard the data of a run.
 
+    `context_len` is the model's context (`models.load.model_context`): no example is longer.
+    `compiled`: the model is compiled, so batches come in few shapes (data.pad_to_multiple_of,
+    default 64; packed rows exactly data.max_seq_len wide).
+
     Raises:
         UserError: no training data, bad records, an empty split, too few examples for one
-            global batch, packing without max_seq_len or on an encoder-decoder model.
+            global batch, packing without max_seq_len or on an encoder-decoder model, examples
+            over the limits with `overlong=error`.
     """
     from tunesmith.train.loop import resolve_grad_accum  # the loop imports this module
 
@@ -462,10 +653,11 @@ def build_dataloaders(
     if cfg.data.train is None:
         raise UserError("data.train is not set", "point it at a data file, folder or preset")
     max_seq_len = _check_packing(cfg, encoder_decoder) if cfg.data.packing else None
-    splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder)
+    splits, hit = tokenized_splits(cfg, tokenizer, encoder_decoder, context_len)
     train, train_stats = splits["train"]
     if not train:
         raise UserError(f"data.train={cfg.data.train!r}: no training examples", "check the files")
+    check_data_kind(cfg, train + splits["validation"][0])
     entries = dataset_entries(cfg.data, "train")
     labels = [e.label for e in entries]
     sizes = [sum(1 for e in train if e.source == k) for k in range(len(entries))]
@@ -488,6 +680,8 @@ def build_dataloaders(
         source_labels=labels,
         max_seq_len=max_seq_len,
         accum=resolve_grad_accum(cfg, world),
+        pad_multiple=cfg.data.pad_to_multiple_of or (AUTO_PAD_MULTIPLE if compiled else 1),
+        fixed_rows=compiled,
     )
     packing = batches.packing_of(0)
     if packing is not None:  # epoch 0's; every epoch packs its own draw (see TrainBatches)
@@ -500,6 +694,7 @@ def build_dataloaders(
             "lower train.batch_size or add data",
         )
     validation, val_stats = splits["validation"]
+    folder = _cache_folder(cfg)
     return DataBundle(
         train=batches,
         validation=validation,
@@ -508,4 +703,7 @@ def build_dataloaders(
         encoder_decoder=encoder_decoder,
         pad_id=pad_id,
         from_cache=hit,
+        cache_path=None
+        if folder is None
+        else folder / _key(cfg, tokenizer, encoder_decoder, context_len),
     )

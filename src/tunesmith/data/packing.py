@@ -44,9 +44,12 @@ def pack(lengths: list[int], max_seq_len: int, bucket: int = 1) -> list[list[int
     return rows
 
 
-def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Tensors of packed rows: input_ids, labels and position_ids, padded to the longest row."""
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+def collate_packed(
+    rows: list[list[Encoded]], pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Tensors of packed rows: input_ids, labels and position_ids, padded to the longest row
+    (or to `width`: a fixed shape for a compiled model)."""
+    width = max([width or 0] + [sum(len(e.input_ids) for e in row) for row in rows])
     ids, labels, positions = [], [], []
     for row in rows:
         r_ids: list[int] = []

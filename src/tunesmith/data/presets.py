@@ -15,6 +15,13 @@ from typing import Any
 
 from tunesmith.errors import UserError
 
+_GRAMMAR = {
+    "format": "input_output",
+    "fields": {"input": "input", "output": "target"},
+    "input_format": "Correct this to standard English: __input__\n---\nCorrected: ",
+    "output_format": "__output__",
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # llama-recipes' samsum_dataset prompt.
     "samsum": {
@@ -26,12 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # llama-recipes' grammar_dataset prompt; reads its csv (input, target) and JFLEG's
     # line-aligned X.src + X.ref0..3 files (read as input, target = ref0, references).
-    "grammar": {
-        "format": "input_output",
-        "fields": {"input": "input", "output": "target"},
-        "input_format": "Correct this to standard English: __input__\n---\nCorrected: ",
-        "output_format": "__output__",
-    },
+    "grammar": _GRAMMAR,
+    # The same for JFLEG by name (its 4 references are scored by GLEU).
+    "jfleg": _GRAMMAR,
     "alpaca": {"format": "alpaca", "template": "stanford", "hub": "tatsu-lab/alpaca"},
     "dolly": {
         "format": "alpaca",
@@ -44,6 +48,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fields": {"text": "quote"},
         "hub": "Abirate/english_quotes",
     },
+}
+
+
+# What `tunesmith evaluate` scores for a preset's data when no --metrics are given.
+PRESET_METRICS: dict[str, list[str]] = {
+    "jfleg": ["gleu"],
+    "grammar": ["gleu"],
+    "samsum": ["rouge1", "rouge2", "rougeL", "rougeLsum"],
 }
 
 

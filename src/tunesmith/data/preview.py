@@ -17,11 +17,15 @@ from tunesmith.data.tokenize import IGNORE, Encoded
 OPEN, CLOSE = "⟦", "⟧"
 
 
-def marked_text(tokenizer: Any, example: Encoded, encoder_decoder: bool) -> str:
-    """The example's text with trained spans wrapped in ⟦ ⟧ (special tokens shown)."""
+def marked_segments(
+    tokenizer: Any, example: Encoded, encoder_decoder: bool
+) -> list[tuple[bool, str]]:
+    """The example's text as (trained, text) runs, in order (special tokens shown)."""
     if encoder_decoder:
-        prompt = tokenizer.decode(example.input_ids)
-        return f"{prompt}\n  -> {OPEN}{tokenizer.decode(example.labels)}{CLOSE}"
+        return [
+            (False, tokenizer.decode(example.input_ids) + "\n  -> "),
+            (True, tokenizer.decode(example.labels)),
+        ]
     pieces, run, trained = [], [], None
     for token, label in zip(example.input_ids, example.labels):
         is_trained = label != IGNORE
@@ -32,29 +36,43 @@ def marked_text(tokenizer: Any, example: Encoded, encoder_decoder: bool) -> str:
         trained = is_trained
     if run:
         pieces.append((trained, run))
+    return [(bool(t), tokenizer.decode(ids)) for t, ids in pieces]
+
+
+def marked_text(tokenizer: Any, example: Encoded, encoder_decoder: bool) -> str:
+    """The example's text with trained spans wrapped in ⟦ ⟧ (special tokens shown)."""
     return "".join(
-        f"{OPEN}{tokenizer.decode(ids)}{CLOSE}" if t else tokenizer.decode(ids) for t, ids in pieces
+        f"{OPEN}{text}{CLOSE}" if trained else text
+        for trained, text in marked_segments(tokenizer, example, encoder_decoder)
     )
 
 
-def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
-    """Text histogram lines of token lengths."""
+def histogram_bins(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
+    """(first, last, count) of up to `bins` equal-width bins of token lengths."""
     if not lengths:
-        return ["  (no examples)"]
+        return []
     low, high = min(lengths), max(lengths)
     step = max(-(-(high - low + 1) // bins), 1)
     counts = [0] * bins
     for n in lengths:
         counts[min((n - low) // step, bins - 1)] += 1
-    top = max(counts)
-    lines = []
-    for i, count in enumerate(counts):
-        start = low + i * step
-        if start > high:
-            break
-        bar = "#" * max(round(width * count / top), 1 if count else 0)
-        lines.append(f"  {start:>6}-{start + step - 1:<6} {count:>7} {bar}")
-    return lines
+    return [
+        (low + i * step, low + i * step + step - 1, count)
+        for i, count in enumerate(counts)
+        if low + i * step <= high
+    ]
+
+
+def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
+    """Text histogram lines of token lengths."""
+    found = histogram_bins(lengths, bins)
+    if not found:
+        return ["  (no examples)"]
+    top = max(count for _, _, count in found)
+    return [
+        f"  {start:>6}-{end:<6} {count:>7} {'#' * max(round(width * count / top), 1 if count else 0)}"
+        for start, end, count in found
+    ]
 
 
 def padding_efficiency(lengths: list[int], batch_size: int) -> float:
@@ -67,9 +85,11 @@ def padding_efficiency(lengths: list[int], batch_size: int) -> float:
     return real / max(slots, 1)
 
 
-def preview_text(cfg: Config, tokenizer: Any, encoder_decoder: bool, n: int = 5) -> str:
-    """The preview report of a config, as text."""
-    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder)
+def preview_text(
+    cfg: Config, tokenizer: Any, encoder_decoder: bool, n: int = 5, context_len: int | None = None
+) -> str:
+    """The preview report of a config, as text (`context_len`: the model's, as a run caps it)."""
+    bundle = build_dataloaders(cfg, tokenizer, 0, 1, encoder_decoder, context_len)
     return render(bundle, cfg, tokenizer, n)
 
 
@@ -80,10 +100,19 @@ def render(bundle: DataBundle, cfg: Config, tokenizer: Any, n: int) -> str:
     ]
     out = [f"== first {min(n, len(examples))} training examples (trained tokens in ⟦ ⟧) =="]
     for i, example in enumerate(examples[:n]):
+        kind = (
+            ""
+            if example.desirable is None
+            else (", desirable" if example.desirable else ", undesirable")
+        )
         out += [
-            f"-- example {i} ({len(example.input_ids)} tokens)",
-            marked_text(tokenizer, example, bundle.encoder_decoder),
+            f"-- example {i} ({len(example.input_ids)} tokens{kind})",
+            ("chosen:   " if example.rejected_ids is not None else "")
+            + marked_text(tokenizer, example, bundle.encoder_decoder),
         ]
+        if example.rejected_ids is not None:  # a pair: the rejected side with its own mask
+            rejected = Encoded(example.rejected_ids, example.rejected_labels or [], False)
+            out.append("rejected: " + marked_text(tokenizer, rejected, bundle.encoder_decoder))
     out.append("== splits ==")
     for split, stats in bundle.stats.items():
         out.append(describe_stats(split, stats))

@@ -139,8 +139,9 @@ def entry_settings(data_cfg: DataConfig) -> dict[str, Any]:
     entries = dataset_entries(data_cfg, "train") if data_cfg.train is not None else []
     entry = entries[0] if entries else DatasetEntry()
     keep = ("format", "fields", "input_format", "output_format", "template", "system")
-    keep += ("max_input_tokens", "max_output_tokens", "cutoff_len", "truncation_side")
-    return {key: getattr(entry, key) for key in keep}
+    keep += ("max_input_tokens", "max_output_tokens", "cutoff_len", "truncation_side", "preset")
+    # max_seq_len is a run setting, not an entry's: generate cuts prompts with it too.
+    return {**{key: getattr(entry, key) for key in keep}, "max_seq_len": data_cfg.max_seq_len}
 
 
 # ---------------------------------------------------------------- files of a split

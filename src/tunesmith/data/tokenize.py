@@ -11,7 +11,7 @@ template turn by turn; the assistant turns are the trained segments.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.formats import INPUT, Example
@@ -20,14 +20,15 @@ from tunesmith.errors import UserError
 IGNORE = -100
 # Bumped whenever the same settings would give other ids (part of the tokenised-data cache key).
 # 2: cutoff_len cuts the prompt inside the input on its truncation side, as max_input_tokens does.
-ENCODING_VERSION = 2
+# 3: the cut is the smallest of cutoff_len, max_seq_len and the model's context (also unpacked).
+ENCODING_VERSION = 3
 
 
 @dataclass
 class Limits:
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
-    cutoff_len: int | None = None
+    cutoff_len: int | None = None  # the length cap: min(cutoff_len, max_seq_len, model context)
     train_on_inputs: bool = False
     overlong: str = "truncate"
     truncation_side: str = "right"
@@ -39,6 +40,13 @@ class Encoded:
     labels: list[int]  # decoder-only: same length as input_ids; seq2seq: the target ids
     truncated: bool
     source: int = 0  # index of the dataset entry it came from (mixing, per-entry counts)
+    # Preference pairs: input_ids/labels hold prompt + chosen, these prompt + rejected.
+    rejected_ids: list[int] | None = None
+    rejected_labels: list[int] | None = None
+    desirable: bool | None = None  # KTO: the completion is desirable (True) or not
+    ref_logps: list[float] | None = None  # precomputed reference log-probs ([chosen, rejected])
+    # Tokens before the length cap: statistics only, so not kept in the cache nor compared.
+    full_length: int = field(default=0, compare=False)
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -123,6 +131,8 @@ def encode(
     body_ids: list[int] | None = None,
 ) -> Encoded | None:
     """Token ids and labels of one example; None when it is over-long and `overlong=drop`."""
+    if example.rejected is not None or example.desirable is not None:
+        return encode_preference(tokenizer, example, limits)
     if example.messages is not None:
         return encode_chat(tokenizer, example, limits, encoder_decoder)
     prompt, cut_prompt = encode_prompt(
@@ -132,6 +142,8 @@ def encode(
         tokenizer, example.answer or "", limits.max_output_tokens, answer_ids
     )
     truncated = cut_prompt or cut_answer
+    # The cap applies to prompt + answer, or to the encoder's input alone (encoder-decoder).
+    full_length = len(prompt) if encoder_decoder else len(prompt) + len(answer)
     side = limits.truncation_side
     if encoder_decoder:
         if limits.cutoff_len and len(prompt) > limits.cutoff_len:
@@ -150,9 +162,9 @@ def encode(
     if truncated and limits.overlong == "drop":
         return None
     if encoder_decoder:
-        return Encoded(input_ids=prompt, labels=answer, truncated=truncated)
+        return Encoded(prompt, answer, truncated, full_length=full_length)
     prompt_labels = prompt if limits.train_on_inputs else [IGNORE] * len(prompt)
-    return Encoded(input_ids=prompt + answer, labels=prompt_labels + answer, truncated=truncated)
+    return Encoded(prompt + answer, prompt_labels + answer, truncated, full_length=full_length)
 
 
 def encode_many(
@@ -160,7 +172,11 @@ def encode_many(
 ) -> list[Encoded | None]:
     """`encode` over many examples, with prompts and answers tokenised in two batched calls
     (the fast tokenizer spreads a batch over its Rust threads)."""
-    plain = [i for i, ex in enumerate(examples) if ex.messages is None]
+    plain = [
+        i
+        for i, ex in enumerate(examples)
+        if ex.messages is None and ex.rejected is None and ex.desirable is None
+    ]
     prompts = _batch_ids(tokenizer, [examples[i].prompt for i in plain], special=True)
     answers = _batch_ids(tokenizer, [examples[i].answer or "" for i in plain], special=False)
     by_index = {i: (p, a) for i, p, a in zip(plain, prompts, answers)}
@@ -222,8 +238,8 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_promp
     """The tokenizer's chat template applied to `messages`, as text."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            "data.format=chat needs a tokenizer with a chat template; this one has none",
-            "use an instruct model's tokenizer, or the input_output format",
+            "data.format=chat needs a chat template; this tokenizer has none",
+            "set data.chat_template (chatml, llama3, mistral, gemma, phi, qwen, alpaca)",
         )
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
@@ -263,7 +279,7 @@ def encode_chat(
     eos = tokenizer.eos_token_id
     if eos is not None and ids[-1:] != [eos]:
         ids, labels = ids + [eos], labels + [eos]
-    truncated = False
+    truncated, full_length = False, len(ids)
     if limits.cutoff_len and len(ids) > limits.cutoff_len:
         truncated = True
         ids, labels = ids[: limits.cutoff_len], labels[: limits.cutoff_len]
@@ -271,4 +287,78 @@ def encode_chat(
             ids[-1] = labels[-1] = eos
     if truncated and limits.overlong == "drop":
         return None
-    return Encoded(ids, labels, truncated)
+    return Encoded(ids, labels, truncated, full_length=full_length)
+
+
+# ---------------------------------------------------------------- preference pairs
+
+
+def _chat_segments(tokenizer: Any, example: Example, messages: list[dict[str, str]]) -> list[int]:
+    """Ids of the text the last (assistant) turn of `messages` adds after the generation prompt."""
+    before = render_chat(tokenizer, messages[:-1], generation_prompt=True)
+    after = render_chat(tokenizer, messages, generation_prompt=False)
+    if not after.startswith(before):
+        raise UserError(
+            f"{example.source}: the chat template does not render turns as prefixes",
+            "use a chat template that appends each turn",
+        )
+    ids = _ids(tokenizer, after[len(before) :], special=False)
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and ids[-1:] != [eos] else ids
+
+
+def encode_preference(tokenizer: Any, example: Example, limits: Limits) -> Encoded | None:
+    """A pair (prompt + chosen, prompt + rejected) or a KTO example, only the responses labelled.
+
+    Every response ends in EOS. Over `cutoff_len` (prompt + the longer response), the prompt is
+    cut first (inside the input, on its truncation side; chat prompts lose their oldest tokens),
+    down to half the budget; only then are the responses cut, each keeping its EOS, so both
+    responses of a pair always survive.
+    """
+    if example.messages is not None:
+        context = render_chat(tokenizer, example.messages[:-1], generation_prompt=True)
+        prompt = _ids(tokenizer, context, special=False)
+        responses = [_chat_segments(tokenizer, example, example.messages)]
+        if example.rejected_messages is not None:
+            responses.append(_chat_segments(tokenizer, example, example.rejected_messages))
+        truncated = False
+        if limits.max_input_tokens is not None and len(prompt) > limits.max_input_tokens:
+            prompt, truncated = _cut(prompt, limits.max_input_tokens, "left"), True
+        if limits.max_output_tokens is not None:
+            cut = [r[: limits.max_output_tokens - 1] + r[-1:] for r in responses]
+            truncated |= cut != responses
+            responses = [
+                c if len(r) > limits.max_output_tokens else r for c, r in zip(cut, responses)
+            ]
+    else:
+        prompt, truncated = encode_prompt(
+            tokenizer, example, limits.max_input_tokens, limits.truncation_side
+        )
+        responses = []
+        for text in [example.answer or "", *([example.rejected] if example.rejected else [])]:
+            ids, cut = encode_answer(tokenizer, text, limits.max_output_tokens)
+            responses.append(ids)
+            truncated |= cut
+    cutoff = limits.cutoff_len
+    longest = max(len(r) for r in responses)
+    full_length = len(prompt) + longest  # the longer row (statistics: the longest example)
+    if cutoff and len(prompt) + longest > cutoff:
+        truncated = True
+        keep = max(cutoff - longest, cutoff // 2)
+        if len(prompt) > keep:
+            if example.messages is not None:
+                prompt = _cut(prompt, keep, "left")
+            else:
+                prompt, _ = encode_prompt(tokenizer, example, keep, limits.truncation_side, prompt)
+        room = max(cutoff - len(prompt), 1)
+        responses = [r if len(r) <= room else r[: room - 1] + r[-1:] for r in responses]
+    if truncated and limits.overlong == "drop":
+        return None
+    masked = [IGNORE] * len(prompt)
+    encoded = Encoded(
+        prompt + responses[0], masked + responses[0], truncated, full_length=full_length
+    )
+    if len(responses) > 1:
+        encoded.rejected_ids, encoded.rejected_labels = prompt + responses[1], masked + responses[1]
+    encoded.desirable = example.desirable
+    return encoded

@@ -1,22 +1,20 @@
 """What a run needs per device, before it launches: memory by component and FLOPs per step.
 
     tunesmith plan configs/lora.yaml --device a100-80gb --gpus 8
-    tunesmith plan configs/full.yaml --compare        # every method side by side
+    tunesmith plan configs/quickstart.yaml --compare   # every method side by side
 
-Pure arithmetic from first principles on top of exact parameter counts: the model is built on the
-meta device (no weights are read or allocated) and the method is applied to it, so trainable
-counts are the real ones. Memory per device is
+Arithmetic on top of exact parameter counts and bytes: the model is built on the meta device in
+the dtype the run loads it in (no weights are read or allocated) and the method is applied to it,
+so trainable counts and dtypes are the real ones. Memory per device is
 
-    weights + gradients + optimizer states + activations (+ logits), each divided by the sharding
-    the strategy applies,
+    weights + optimizer states + autocast's 16-bit weight copies + reference models
+    + max(activations at the end of forward, gradients + activations left at the end of backward)
 
-with bytes per element set by `train.precision` and `train.optimizer`. Activations follow
-Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"):
-about 34·s·b·h bytes per layer in 16-bit for a 4h MLP with memory-efficient attention, scaled here
-by the real MLP width and by 2 for fp32 activations; with activation checkpointing a layer keeps
-only its input (2·s·b·h bytes) plus one layer recomputed at a time. Only layers at or above the
-earliest trainable tensor keep activations. Figures are estimates: allocator fragmentation,
-framework buffers and communication buckets add ~10-20% in practice.
+each divided by the sharding the strategy applies (docs/planning.md). Activations are counted
+tensor by tensor for Hugging Face's pre-norm blocks (`layer_activations`); with activation
+checkpointing a layer keeps only its input plus one layer recomputed at a time. Only layers at or
+above the earliest trainable tensor keep activations. bench/plan_accuracy.py checks the total
+against measured peaks of real runs (live tensor bytes, estimate/measure.py).
 """
 
 from __future__ import annotations
@@ -34,21 +32,32 @@ from torch import nn
 GIB = 2**30
 
 # Peak dense matmul throughput (TFLOP/s) in the precision each device trains fastest in, and memory.
-# CPU figures are this project's measurement on 2 cores (FACTS.md); GPU ones are vendor peaks.
+# CPU figures are this project's measurement on 2 cores (FACTS.md); GPU ones are vendor peaks
+# (dense, no sparsity; the 16-bit figure is bf16 tensor-core throughput).
 DEVICES: dict[str, dict[str, float]] = {
     "cpu": {"memory_gib": 24, "tflops_fp32": 0.19, "tflops_16": 0.58, "mfu": 0.7},
     "t4-16gb": {"memory_gib": 16, "tflops_fp32": 8.1, "tflops_16": 65, "mfu": 0.35},
     "v100-32gb": {"memory_gib": 32, "tflops_fp32": 15.7, "tflops_16": 125, "mfu": 0.4},
     "a10g-24gb": {"memory_gib": 24, "tflops_fp32": 31, "tflops_16": 125, "mfu": 0.4},
     "l4-24gb": {"memory_gib": 24, "tflops_fp32": 30, "tflops_16": 121, "mfu": 0.4},
+    "l40s-48gb": {"memory_gib": 48, "tflops_fp32": 91.6, "tflops_16": 362, "mfu": 0.4},
     "rtx4090-24gb": {"memory_gib": 24, "tflops_fp32": 82, "tflops_16": 165, "mfu": 0.4},
+    "rtx5090-32gb": {"memory_gib": 32, "tflops_fp32": 105, "tflops_16": 210, "mfu": 0.4},
     "a100-40gb": {"memory_gib": 40, "tflops_fp32": 19.5, "tflops_16": 312, "mfu": 0.45},
     "a100-80gb": {"memory_gib": 80, "tflops_fp32": 19.5, "tflops_16": 312, "mfu": 0.45},
     "h100-80gb": {"memory_gib": 80, "tflops_fp32": 67, "tflops_16": 989, "mfu": 0.4},
+    "h200-141gb": {"memory_gib": 141, "tflops_fp32": 67, "tflops_16": 989, "mfu": 0.4},
+    "b200-180gb": {"memory_gib": 180, "tflops_fp32": 80, "tflops_16": 2250, "mfu": 0.4},
+    "mi250x-128gb": {"memory_gib": 128, "tflops_fp32": 47.9, "tflops_16": 383, "mfu": 0.35},
+    "mi300x-192gb": {"memory_gib": 192, "tflops_fp32": 163.4, "tflops_16": 1307, "mfu": 0.35},
 }
 
 WEIGHT_BYTES = {"nf4": 0.53, "fp4": 0.53, "int8": 1.06}  # incl. block scales
-OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "adamw_bf16": 6}
+# Optimizer state bytes per trainable parameter where it does not follow the parameter's dtype.
+# torch AdamW keeps two moments in the parameter's dtype (see `plan`); BF16AdamW keeps fp32
+# moments plus, for Kahan summation, a compensation buffer in the parameter's dtype.
+OPTIMIZER_BYTES = {"adamw_8bit": 2, "adamw_stochastic": 8}
+KAHAN_OPTIMIZERS = ("adamw_kahan", "anyprecision")
 
 
 @dataclass
@@ -64,6 +73,13 @@ class ModelShape:
     vocab: int
     first_trainable_layer: int  # index of the earliest block holding a trainable tensor
     encoder_decoder: bool
+    # Bytes as the run stores them (model.dtype / precision, adapters in their own dtype).
+    trainable_bytes: int = 0
+    frozen_bytes: int = 0
+    frozen_block_linear_params: int = 0  # frozen nn.Linear weights in blocks (what bnb quantizes)
+    fp32_matmul_params: int = 0  # fp32 nn.Linear weights that backward reaches (autocast copies)
+    kv_ratio: float = 1.0  # key/value heads per attention head (grouped-query attention < 1)
+    weight_bytes: int = 4  # bytes per element of the base weights as loaded (the residual stream)
 
 
 @dataclass
@@ -81,14 +97,39 @@ class Plan:
     step_seconds: float
     device: str
     device_memory: float
+    autocast_copy: float = 0.0  # 16-bit copies of fp32 weights that autocast keeps for backward
+    reference: float = 0.0  # frozen reference model(s) of a preference objective
+    grads_with_activations: bool = False  # grad_accum > 1: gradients live through forwards
+    backward_activations: float = 0.0  # activations still live when all gradients exist
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        """Peak bytes per device.
+
+        Gradients are set to None after each step and fill in during backward while the saved
+        activations are freed: the peak is the end of forward (all activations, no gradients)
+        or the end of backward (all gradients, the earliest layer's activations), whichever is
+        larger, on top of what persists. With accumulation gradients live through forwards too.
+        """
+        persistent = self.weights + self.optimizer + self.reference + self.autocast_copy
+        forward = self.activations + (self.gradients if self.grads_with_activations else 0)
+        return persistent + max(forward, self.gradients + self.backward_activations)
 
     @property
     def fits(self) -> bool:
         return self.total * 1.15 <= self.device_memory  # 15% headroom for the allocator
+
+    def components(self) -> dict[str, float]:
+        """Bytes by component (as in the plan table)."""
+        return {
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "autocast_copy": self.autocast_copy,
+            "reference": self.reference,
+            "total": self.total,
+        }
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -102,18 +143,25 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def model_shape(cfg: Any) -> ModelShape:
-    """Build the configured model on the meta device, apply the method, and measure it."""
+    """Build the configured model on the meta device in the dtype the run loads it in, apply the
+    method, and measure it (counts and bytes per tensor are then exact)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from tunesmith.methods import METHODS
     from tunesmith.methods.base import count_parameters
-    from tunesmith.models.load import is_encoder_decoder, load_config_of, load_tokenizer
+    from tunesmith.models.load import (
+        is_encoder_decoder,
+        load_config_of,
+        load_tokenizer,
+        resolve_dtype,
+    )
 
     hf_config = load_config_of(cfg.model)
     seq2seq = is_encoder_decoder(cfg.model, hf_config)
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    dtype = resolve_dtype(cfg.model, cfg.train.precision)
     with torch.device("meta"):
-        model = auto.from_config(hf_config)
+        model = auto.from_config(hf_config, dtype=dtype)
     total_before, _ = count_parameters(model)
     tokenizer = None
     with contextlib.suppress(Exception):  # prompt-tuning TEXT init wants one; others do not
@@ -129,11 +177,21 @@ def model_shape(cfg: Any) -> ModelShape:
     )
     if method.capabilities.edits_inputs:
         first = 0  # virtual tokens enter at the input (or every layer): backward runs through all
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
+    block_linear = [m.weight for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
+    reached = [m.weight for b in blocks[first:] for m in b.modules() if isinstance(m, nn.Linear)]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and trainable:
+        reached.append(head.weight)
     embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", None) or text.n_embd
     inter = getattr(text, "intermediate_size", None) or getattr(text, "d_ff", None) or 4 * hidden
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "num_heads", None) or 1
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
     return ModelShape(
+        kv_ratio=kv_heads / heads,
+        weight_bytes=dtype.itemsize,
         total_params=max(total, total_before),
         trainable_params=trainable,
         embedding_params=embeddings,
@@ -143,6 +201,12 @@ def model_shape(cfg: Any) -> ModelShape:
         vocab=text.vocab_size,
         first_trainable_layer=first,
         encoder_decoder=seq2seq,
+        trainable_bytes=sum(p.numel() * p.element_size() for p in params if p.requires_grad),
+        frozen_bytes=sum(p.numel() * p.element_size() for p in params if not p.requires_grad),
+        frozen_block_linear_params=sum(w.numel() for w in block_linear if not w.requires_grad),
+        fp32_matmul_params=sum(
+            w.numel() for w in {id(w): w for w in reached}.values() if w.dtype == torch.float32
+        ),
     )
 
 
@@ -197,30 +261,50 @@ def plan(
     batch = cfg.train.batch_size
     tokens = batch * seq_len
 
-    frozen = shape.total_params - shape.trainable_params
-    param_bytes = 2 if precision == "bf16-pure" else 4
-    frozen_bytes = WEIGHT_BYTES.get(cfg.model.quantization, param_bytes)
-    weights = shape.trainable_params * param_bytes + frozen * frozen_bytes
-    gradients = shape.trainable_params * param_bytes
-    optimizer = shape.trainable_params * OPTIMIZER_BYTES.get(cfg.train.optimizer, 8)
-    if precision == "bf16-pure" and cfg.train.optimizer == "adamw":
-        optimizer = shape.trainable_params * 4  # moments in the parameters' bf16
+    # Weights and gradients as stored (model.dtype, precision, adapters' own dtype); a quantized
+    # base stores its frozen block matmuls in 4 or 8 bits, everything else as loaded.
+    weights = float(shape.trainable_bytes + shape.frozen_bytes)
+    quant = cfg.model.quantization
+    if quant != "none":
+        frozen_linear = shape.frozen_block_linear_params
+        per_param = shape.frozen_bytes / max(shape.total_params - shape.trainable_params, 1)
+        weights -= frozen_linear * (per_param - WEIGHT_BYTES[quant])
+    gradients = float(shape.trainable_bytes)
+    if cfg.train.optimizer in KAHAN_OPTIMIZERS:
+        optimizer = shape.trainable_params * 8 + shape.trainable_bytes
+    elif cfg.train.optimizer in OPTIMIZER_BYTES:
+        optimizer = shape.trainable_params * OPTIMIZER_BYTES[cfg.train.optimizer]
+    else:  # torch AdamW: exp_avg and exp_avg_sq in the parameter's dtype
+        optimizer = 2.0 * shape.trainable_bytes
 
-    # Activations of the layers backward has to reach, per micro-batch.
+    # Mixed precision: autocast casts fp32 matmul weights to 16 bits; the copies of the layers
+    # backward reaches stay alive until backward (autocast's cache, or saved for backward).
+    autocast_copy = 2.0 * shape.fp32_matmul_params if precision.endswith("-mixed") else 0.0
+
+    # Activations: what autograd saves per layer that backward reaches (`layer_activations`),
+    # plus, at the start of backward, the fp32 logits, their log-softmax and the gradients of
+    # both (4 x 4 bytes per position and vocabulary entry). With activation checkpointing a
+    # layer keeps only its input until backward recomputes it, one layer at a time.
     act_layers = max(shape.layers - shape.first_trainable_layer, 0)
-    per_layer_16bit = tokens * shape.hidden * (15 + 19 * shape.intermediate / (4 * shape.hidden))
-    scale = 1 if low_precision else 2
+    residual = shape.weight_bytes
+    compute = 2 if precision.endswith("-mixed") else residual
+    per_layer = layer_activations(shape, tokens, residual, compute)
+    logits = tokens * shape.vocab * 16 if shape.trainable_params else 0
     if cfg.train.activation_checkpointing:
-        activations = act_layers * 2 * tokens * shape.hidden * scale + per_layer_16bit * scale
+        inputs = act_layers * tokens * shape.hidden * residual
+        forward_peak = inputs + logits
+        backward_peak = inputs + per_layer
     else:
-        activations = act_layers * per_layer_16bit * scale
-    if shape.trainable_params:
-        activations += tokens * shape.vocab * 4 * 2  # fp32 logits and their gradient
+        forward_peak = act_layers * per_layer + logits
+        backward_peak = per_layer  # the earliest layer's, when all gradients exist
+    activations = float(forward_peak)
 
+    reference = reference_weights(cfg, shape)
     shard = _sharding(cfg, world)
     weights /= shard["weights"]
     gradients /= shard["gradients"]
     optimizer /= shard["optimizer"]
+    autocast_copy /= shard["weights"]
     offloaded = 0.0
     if shard["offload_optimizer"]:
         offloaded += optimizer
@@ -245,6 +329,10 @@ def plan(
     tflops = spec["tflops_16"] if low_precision else spec["tflops_fp32"]
     seconds = step_flops / (tflops * 1e12 * spec["mfu"])
     return Plan(
+        backward_activations=float(backward_peak),
+        autocast_copy=autocast_copy,
+        reference=reference,
+        grads_with_activations=(cfg.train.grad_accum or 1) > 1,
         method=cfg.method.name,
         shape=shape,
         weights=weights,
@@ -257,6 +345,46 @@ def plan(
         device=device,
         device_memory=spec["memory_gib"] * GIB,
     )
+
+
+def layer_activations(shape: ModelShape, tokens: int, residual: int, compute: int) -> float:
+    """Bytes autograd saves in one pre-norm transformer block with a gated MLP, counted tensor by
+    tensor for the Hugging Face implementations (Llama, Mistral, Qwen, ...); h hidden, F MLP width,
+    r = key/value heads per head, R bytes of the residual stream (the weights' dtype), C bytes of
+    the matmul outputs (2 under autocast, else R):
+
+    - each of the two RMSNorms: its input upcast to fp32 (4h), the normalised value (R h) and its
+      output as the next matmul reads it (C h): h (4 + R + C);
+    - attention: q, k, v and the output as SDPA saves them, and the output projection's input:
+      C h (3 + 2r) (memory-efficient attention keeps no s x s matrix);
+    - the gated MLP: gate and up outputs, the activation and the product: 4 C F.
+
+    bench/plan_accuracy.py checks the sum against measured peaks (within 10% on its recipes).
+    """
+    h, f = shape.hidden, shape.intermediate
+    per_token = 2 * h * (4 + residual + compute) + compute * h * (3 + 2 * shape.kv_ratio)
+    return tokens * (per_token + 4 * compute * f)
+
+
+def reference_weights(cfg: Any, shape: ModelShape) -> float:
+    """Bytes of the frozen reference model a preference objective keeps beside the policy.
+
+    DPO and KTO with full, freeze or green hold a frozen copy of the starting model
+    (objectives/reference.py); adapter methods disable their adapters instead, and
+    `objective.precompute_reference` keeps log-probs, not a model: both hold no copy. The copy is
+    not sharded (compat refuses it on sharding strategies). No objective: nothing.
+    """
+    from tunesmith.methods import METHODS
+    from tunesmith.objectives import OBJECTIVES
+
+    objective = getattr(cfg, "objective", None)
+    if objective is None or not OBJECTIVES[objective.name].needs_reference:
+        return 0.0
+    if METHODS[cfg.method.name].capabilities.adapter_only_save:
+        return 0.0
+    if getattr(objective, "precompute_reference", False):
+        return 0.0
+    return float(shape.trainable_bytes + shape.frozen_bytes)
 
 
 # Options that make a method meaningful in a side-by-side comparison when the recipe uses another
@@ -288,19 +416,20 @@ def compare_methods(cfg: Any, names: list[str], **kwargs: Any) -> list[Plan]:
 def format_plans(plans: list[Plan | Exception], names: list[str]) -> str:
     """A markdown table of plans, one row per method."""
     header = (
-        "| method | trainable | weights | grads | optimizer | activations | total/device "
-        "| fits | step TFLOPs | est. step |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| method | trainable | weights | grads | optimizer | activations | autocast copy + ref. "
+        "| total/device | fits | step TFLOPs | est. step |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [header]
     for name, p in zip(names, plans):
         if isinstance(p, Exception):
-            rows.append(f"| {name} | n/a: {str(p).splitlines()[0][:60]} |||||||||")
+            rows.append(f"| {name} | n/a: {str(p).splitlines()[0][:60]} ||||||||||")
             continue
         share = 100 * p.shape.trainable_params / max(p.shape.total_params, 1)
         rows.append(
             f"| {name} | {p.shape.trainable_params / 1e6:,.2f}M ({share:.2f}%) "
             f"| {p.weights / GIB:.2f} GiB | {p.gradients / GIB:.2f} GiB "
             f"| {p.optimizer / GIB:.2f} GiB | {p.activations / GIB:.2f} GiB "
+            f"| {(p.autocast_copy + p.reference) / GIB:.2f} GiB "
             f"| **{p.total / GIB:.2f} GiB** | {'yes' if p.fits else 'NO'} "
             f"| {p.step_flops / 1e12:.2f} | {_duration(p.step_seconds)} |"
         )

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from tunesmith.config import ModelConfig
+from tunesmith.data.chat_templates import use_chat_template
 from tunesmith.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,8 +78,24 @@ def is_encoder_decoder(model_cfg: ModelConfig, hf_config: transformers.Pretraine
     return bool(getattr(hf_config, "is_encoder_decoder", False))
 
 
-def load_tokenizer(model_cfg: ModelConfig) -> Any:
-    """The tokenizer, with a pad token that is never EOS-removing (see `ensure_pad_token`)."""
+def model_context(hf_config: transformers.PretrainedConfig) -> int | None:
+    """Positions the model can attend to (`max_position_embeddings`, GPT-2's `n_positions`).
+
+    None for models without a fixed table (T5's relative positions): nothing is capped then.
+    """
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_tokenizer(model_cfg: ModelConfig, chat_template: str | None = None) -> Any:
+    """The tokenizer, with a pad token that is never EOS-removing (see `ensure_pad_token`).
+
+    `chat_template` names a template (data/chat_templates.py) for a tokenizer that has none.
+    """
     source = model_cfg.tokenizer or model_cfg.name
     if source is None:
         raise UserError("model.tokenizer is not set", "a model built from model.config needs one")
@@ -91,6 +108,7 @@ def load_tokenizer(model_cfg: ModelConfig) -> Any:
             "give a local folder with tokenizer files",
         ) from None
     ensure_pad_token(tokenizer)
+    use_chat_template(tokenizer, chat_template)
     return tokenizer
 
 
@@ -107,9 +125,16 @@ def ensure_pad_token(tokenizer: Any) -> None:
 
 
 def load_model(
-    model_cfg: ModelConfig, precision: str, activation_checkpointing: bool
+    model_cfg: ModelConfig,
+    precision: str,
+    activation_checkpointing: bool,
+    tokenizer: Any = None,
+    head: str = "lm",
 ) -> LoadedModel:
-    """Build or load the model and tokenizer for training.
+    """Build or load the model and tokenizer for training (`tokenizer`: one already loaded).
+
+    `head="score"` (reward models) loads a one-output sequence-classification head instead of
+    the LM head, so the result saves and reloads with AutoModelForSequenceClassification.
 
     Raises:
         UserError: missing model, unreadable folder, quantization that cannot run here.
@@ -118,7 +143,15 @@ def load_model(
     seq2seq = is_encoder_decoder(model_cfg, hf_config)
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     dtype = resolve_dtype(model_cfg, precision)
-    tokenizer = load_tokenizer(model_cfg)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
+    if head == "score":
+        from transformers import AutoModelForSequenceClassification
+
+        auto = AutoModelForSequenceClassification
+        hf_config.num_labels = 1
+        # The head scores each row at its last non-padding token, found from pad_token_id.
+        if hf_config.pad_token_id is None:
+            hf_config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.config is not None:
         if model_cfg.quantization != "none":
             raise UserError(
@@ -132,6 +165,8 @@ def load_model(
         torch.set_default_dtype(torch_default)
     else:
         kwargs = _source_kwargs(model_cfg)
+        if head == "score":
+            kwargs.update(num_labels=1, pad_token_id=hf_config.pad_token_id)
         if model_cfg.gguf_file:
             # Dequantized to plain tensors: without this transformers 5 keeps its GGUF quantizer
             # on the model, which then refuses to train or to save.

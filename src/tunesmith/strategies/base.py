@@ -37,6 +37,9 @@ class Strategy(Protocol):
     rank: int
     world_size: int
     device: torch.device
+    # Whether `train.compile: auto` compiles under this strategy (optional; absent means False):
+    # only where compiled training was measured (train/compile.py).
+    compiles_by_default: ClassVar[bool]
 
     def __init__(self, options: Any, train_cfg: Any) -> None: ...
 
@@ -119,6 +122,13 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     if precision == "fp16-mixed":
         return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def default_precision(device: str | None = None) -> str:
+    """`train.precision: auto`: bf16-mixed where a CUDA GPU computes in bf16 (Ampere and later),
+    fp32 elsewhere (a CPU, an older GPU, or `strategy.device: cpu`)."""
+    on_gpu = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def default_device(local_rank: int = 0) -> torch.device:

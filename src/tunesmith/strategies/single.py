@@ -30,6 +30,7 @@ class Single:
 
     name = "single"
     Options = SingleOptions
+    compiles_by_default = True
 
     def __init__(self, options: SingleOptions, train_cfg: Any) -> None:
         self.options = options

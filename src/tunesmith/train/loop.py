@@ -2,14 +2,16 @@
 
     tunesmith train configs/quickstart.yaml train.max_steps=50 output_dir=runs/a
 
-Read top to bottom: build the strategy and method, check the recipe, load the model, apply the
-method, build data, let the strategy wrap the model and build the optimizer, then step. The loop
-never asks which method or strategy it runs; what differs sits behind their interfaces
-(methods/base.py, strategies/base.py).
+Read top to bottom: build the strategy, method and objective, check the recipe, load the model,
+apply the method, build data, let the strategy wrap the model and build the optimizer, then step.
+The loop never asks which method, strategy or objective it runs; what differs sits behind their
+interfaces (methods/base.py, strategies/base.py, objectives/base.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,14 +25,25 @@ from tunesmith import compat
 from tunesmith.checkpoint import check_saved_weights, ensure_not_empty, publish
 from tunesmith.config import Config
 from tunesmith.data.loader import DataBundle, build_dataloaders, describe_stats, real_tokens
-from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.evaluate import metrics_after_training, validation_metrics
 from tunesmith.methods import METHODS
 from tunesmith.methods.base import StepContext, count_parameters, unwrap
-from tunesmith.models.load import is_encoder_decoder, load_config_of, load_model
+from tunesmith.models.load import (
+    is_encoder_decoder,
+    load_config_of,
+    load_model,
+    load_tokenizer,
+    model_context,
+)
+from tunesmith.objectives import OBJECTIVES
+from tunesmith.objectives.base import Objective, Reference
+from tunesmith.objectives.reference import build_reference
+from tunesmith.objectives.sft import Sft
 from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
+from tunesmith.train import compile as compiling
+from tunesmith.train.kernels import apply_kernels
 from tunesmith.train.loss import token_loss
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.resume import Checkpointer, StopSignals, die_here_for_tests
@@ -52,6 +65,7 @@ class RunState:
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm
     best_val_loss: float | None = None
     last_eval: dict[str, Any] = field(default_factory=dict)  # {"step": ..., metric: value}
+    last_metrics: dict[str, float] = field(default_factory=dict)  # the objective's, last window
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -81,75 +95,141 @@ def resolve_grad_accum(cfg: Config, world: int) -> int:
     return t.grad_accum or 1
 
 
-def target_tokens(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
-    """Tokens that carry a loss (counted on the host, before the batch moves to the device)."""
-    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
-    return int((labels != IGNORE).sum())
+@dataclass
+class StepTotals:
+    """One step's loss sums and counts per normalising unit, and metric (sum, count) pairs, on
+    this rank: what the log window adds up. Sums are device tensors (no host synchronisation)."""
+
+    units: list[str]
+    sums: torch.Tensor  # (units,) float64
+    counts: torch.Tensor  # (units,) float64, this rank's
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [sum, count]
 
 
 def forward_backward(
     model: torch.nn.Module,
     micro_batches: list[dict[str, torch.Tensor]],
     strategy: Any,
-    encoder_decoder: bool,
-) -> torch.Tensor:
-    """Forward and backward over one optimizer step's micro-batches; returns this rank's loss sum.
+    objective: Objective | None = None,
+    reference: Reference | None = None,
+) -> StepTotals:
+    """Forward and backward over one optimizer step's micro-batches.
 
-    The loss is normalised by the target tokens of the whole step on every rank, so the gradient
-    equals that of one big batch whatever the accumulation or world size (a per-micro-batch mean
-    would weight short answers more than long ones).
+    Each loss sum is normalised by the count of its unit (target tokens, pairs, examples) over the
+    whole step on every rank, so the gradient equals that of one big batch whatever the
+    accumulation or world size (a per-micro-batch mean would weight short answers more than long
+    ones, and make a pair's weight depend on how the batch was split).
     """
-    local_targets = sum(target_tokens(b, encoder_decoder) for b in micro_batches)
-    global_targets = strategy.reduce_sum(
-        torch.tensor(float(local_targets), dtype=torch.float64, device=strategy.device)
-    ).clamp(min=1)
-    total = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    objective = objective or Sft()
+    per_batch = [objective.counts(b) for b in micro_batches]
+    units = sorted(per_batch[0])
+    local = torch.tensor(
+        [float(sum(c[u] for c in per_batch)) for u in units],
+        dtype=torch.float64,
+        device=strategy.device,
+    )
+    global_counts = strategy.reduce_sum(local.clone()).clamp(min=1)
+    sums = torch.zeros(len(units), dtype=torch.float64, device=strategy.device)
+    metrics: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         batch = _to(batch, strategy.device)
         with strategy.micro_batch(is_last=i == len(micro_batches) - 1):
-            loss_sum, _ = token_loss(model, batch)
-            strategy.backward(loss_sum / global_targets.to(loss_sum.dtype))
-        total += loss_sum.detach().double()
-    return total
+            loss_sums, batch_metrics = objective.loss(model, batch, reference)
+            loss = sum(
+                loss_sums[u] / global_counts[k].to(loss_sums[u].dtype) for k, u in enumerate(units)
+            )
+            strategy.backward(loss)
+        sums += torch.stack([loss_sums[u].detach().double() for u in units])
+        for name, (value, count) in batch_metrics.items():
+            pair = torch.stack([value.double(), count.double().to(value.device)])
+            metrics[name] = metrics[name] + pair if name in metrics else pair
+    return StepTotals(units, sums, local, metrics)
+
+
+def window_means(totals: torch.Tensor, units: int, names: list[str]) -> tuple[float, dict]:
+    """(loss, {metric: mean}) from a reduced [unit sums, unit counts, metric (sum, count)...].
+
+    The loss is the sum over units of sum / count (NaN when nothing was counted: a window whose
+    every update was skipped has no loss to report); a metric without any count is left out.
+    """
+    sums, counts = totals[:units], totals[units : 2 * units]
+    loss = float("nan")
+    if bool((counts > 0).any()):
+        loss = float((sums[counts > 0] / counts[counts > 0]).sum())
+    pairs = totals[2 * units :].reshape(-1, 2)
+    means = {n: float(v[0] / v[1]) for n, v in zip(names, pairs) if v[1] > 0}
+    return loss, means
 
 
 def train(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says. Returns the run summary (also written to summary.json)."""
     method = METHODS[cfg.method.name](cfg.method)
     strategy = STRATEGIES[cfg.strategy.name](cfg.strategy, cfg.train)
+    objective = OBJECTIVES[cfg.objective.name](cfg.objective)
     stop = StopSignals()  # once steps run, SIGTERM/SIGINT mean: checkpoint, then exit
     try:
-        return _run(cfg, method, strategy, overwrite, stop)
+        return _run(cfg, method, strategy, objective, overwrite, stop)
     finally:
         stop.restore()
         strategy.close()
 
 
 def _run(
-    cfg: Config, method: Any, strategy: Any, overwrite: bool, stop: StopSignals
+    cfg: Config, method: Any, strategy: Any, objective: Any, overwrite: bool, stop: StopSignals
 ) -> dict[str, Any]:
+    # Preflight: everything that can fail on the recipe or the data fails here, before the run
+    # folder exists, so a fixed command can simply be run again.
     hf_config = load_config_of(cfg.model)
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
-    compat.check(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
+    compat.preflight(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
+    compiled = compiling.resolve(
+        cfg.train.compile,
+        strategy.device,
+        cfg.train.precision,
+        quantized=cfg.model.quantization != "none",
+        strategy_compiles=getattr(strategy, "compiles_by_default", False),
+        encoder_decoder=encoder_decoder,
+    )
+    data = build_dataloaders(
+        cfg,
+        tokenizer,
+        strategy.rank,
+        strategy.world_size,
+        encoder_decoder,
+        model_context(hf_config),
+        compiled.enabled,
+    )
+
     out = prepare_output_dir(cfg, overwrite, strategy.is_main)
     strategy.barrier()
     seed_everything(cfg.seed)
     tracker = Tracker(cfg, out, strategy.is_main)
+    tracker.info(compiled.describe())
+    for split, s in data.stats.items():
+        if s.examples:
+            tracker.info(describe_stats(split, s))
 
     with strategy.model_init_context():
-        loaded = load_model(cfg.model, cfg.train.precision, cfg.train.activation_checkpointing)
-    tokenizer = loaded.tokenizer
+        loaded = load_model(
+            cfg.model,
+            cfg.train.precision,
+            cfg.train.activation_checkpointing,
+            tokenizer,
+            objective.head,
+        )
+    fused_loss = apply_kernels(cfg.train.kernels, loaded.model, strategy.device)
+    loss_fn = functools.partial(token_loss, chunk_size=cfg.train.loss_chunk_size, fused=fused_loss)
+    if hasattr(objective, "use_token_loss"):  # objectives built on the token loss use this one
+        objective.use_token_loss(loss_fn)
     model = method.apply(loaded.model, tokenizer)
+    # Before the strategy wraps the policy: a frozen copy is of the starting weights.
+    reference = build_reference(objective, method.capabilities, model, strategy.device, cfg)
     trainable, total = count_parameters(model)
     tracker.info(
         f"method {method.name}: training {trainable:,} of {total:,} parameters "
         f"({100 * trainable / max(total, 1):.2f}%) on {strategy.world_size} process(es)"
     )
-
-    data = build_dataloaders(cfg, tokenizer, strategy.rank, strategy.world_size, encoder_decoder)
-    for split, s in data.stats.items():
-        if s.examples:
-            tracker.info(describe_stats(split, s))
     accum = resolve_grad_accum(cfg, strategy.world_size)
     steps_per_epoch = max(data.train.micro_batches_per_epoch // accum, 1)
     total_steps = cfg.train.max_steps or max(data.train.steps_for_epochs(cfg.train.num_epochs), 1)
@@ -161,6 +241,9 @@ def _run(
         )
 
     model, optimizer = strategy.setup(model, optimizer_for)
+    eval_batch = cfg.eval.batch_size or cfg.train.batch_size
+    if reference is not None:  # precomputed log-probs: one pass of the starting policy (or cache)
+        reference = reference.prepare(model, data, strategy, eval_batch, tracker.info)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps, steps_per_epoch)
     state = RunState()
     checkpoints = Checkpointer(
@@ -170,24 +253,26 @@ def _run(
     resumed_from = checkpoints.resume(model)
     if resumed_from is not None:
         tracker.continue_from(resumed_from)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    compile_stats = compiling.CompileStats.begin(unwrap(model))
+    if compiled.enabled and not compiling.compile_blocks(unwrap(model)):
+        tracker.info("compile: the model has no repeated blocks to compile; it runs eager")
     model.train()
-
-    eval_batch = cfg.eval.batch_size or cfg.train.batch_size
 
     def evaluate(step: int) -> None:
         if not cfg.eval.run_validation:
             return
-        metrics = validation_metrics(model, data, strategy, eval_batch, cfg.eval.max_batches)
+        # Eager: compiling no_grad graphs too would double the compile time for a few batches.
+        with compiling.eager() if compiled.enabled else contextlib.nullcontext():
+            metrics = validation_metrics(
+                model, data, strategy, eval_batch, cfg.eval.max_batches, objective, reference
+            )
         if metrics:
             state.last_eval = {"step": step, **metrics}
             if state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss:
                 state.best_val_loss = metrics["val_loss"]
             tracker.log_metrics(step, metrics)
-            tracker.info(
-                f"step {step}: val_loss {metrics['val_loss']:.4f} ppl {metrics['val_ppl']:.2f}"
-            )
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            tracker.info(f"step {step}: {shown}")
 
     if cfg.eval.eval_before_train and resumed_from is None:
         evaluate(state.step)
@@ -202,7 +287,7 @@ def _run(
         sample_batches=lambda n: [
             _to(b, strategy.device) for b in data.train.sample(n, cfg.seed + 7919 * (ctx.step + 1))
         ],
-        loss_fn=token_loss,
+        loss_fn=loss_fn,
         log=tracker.info,
     )
     bar = tqdm(
@@ -212,8 +297,8 @@ def _run(
         unit="step",
         dynamic_ncols=True,
     )
-    window_loss = torch.zeros((), dtype=torch.float64, device=strategy.device)
-    window_targets = 0
+    window: torch.Tensor | None = None  # [unit sums, unit counts, metric (sum, count)...]
+    metric_names: list[str] = []
     window_tokens, window_start = 0, time.perf_counter()
     last_loss, bad_in_a_row, stopped = None, 0, False
     stop.arm()
@@ -223,20 +308,29 @@ def _run(
             model = strategy.on_trainable_change(model, optimizer)
         micro_batches = [data.train.next_batch() for _ in range(accum)]
         # Every rank votes on stopping; issued now, read after the step, so it never stalls.
-        stop_votes = strategy.reduce_sum(
-            torch.tensor(stop.flag, dtype=torch.float64, device=strategy.device)
-        )
+        # One process needs no collective (and no device round trip to read it).
+        stop_votes = torch.tensor(float(stop.flag), dtype=torch.float64)
+        if strategy.world_size > 1:
+            stop_votes = strategy.reduce_sum(stop_votes.to(strategy.device))
         window_tokens += sum(real_tokens(b) for b in micro_batches)
-        step_loss = forward_backward(model, micro_batches, strategy, encoder_decoder)
+        step_totals = forward_backward(model, micro_batches, strategy, objective, reference)
+        step_loss = step_totals.sums.sum()
         grad_norm = strategy.step(optimizer, cfg.train.max_grad_norm)
         scheduler.step()
         state.step += 1
         bar.update(1)
         # The step's one host synchronisation. A non-finite loss makes the global gradient norm
         # non-finite too, and the strategy has then skipped the update on every rank.
+        metric_names = sorted(step_totals.metrics)
+        units = len(step_totals.units)
+        if window is None:
+            window = torch.zeros(2 * units + 2 * len(metric_names), dtype=torch.float64)
+            window = window.to(strategy.device)
         if torch.isfinite(grad_norm):
-            window_loss += step_loss
-            window_targets += sum(target_tokens(b, encoder_decoder) for b in micro_batches)
+            window += torch.cat(
+                [step_totals.sums, step_totals.counts]
+                + [step_totals.metrics[n] for n in metric_names]
+            )
             bad_in_a_row = 0
         elif cfg.train.precision == "fp16-mixed" and torch.isfinite(step_loss):
             # fp16 gradients overflowed at the current loss scale: the scaler skipped the
@@ -253,31 +347,30 @@ def _run(
                 raise checkpoints.diverged(bad_in_a_row, state.step)
 
         if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-            loss_total = strategy.reduce_sum(window_loss)
-            targets_total = strategy.reduce_sum(
-                torch.tensor(float(window_targets), dtype=torch.float64, device=strategy.device)
+            window_mean, window_metrics = window_means(
+                strategy.reduce_sum(window), units, metric_names
             )
+            if window_mean == window_mean:  # not NaN
+                last_loss = window_mean
+            state.last_metrics = window_metrics
             elapsed = time.perf_counter() - window_start
             state.train_seconds += elapsed
             tokens = window_tokens * strategy.world_size
             state.tokens_seen += tokens
-            # A window whose every update was skipped has no loss to report: NaN, not 0.
-            window_mean = float("nan")
-            if targets_total > 0:
-                window_mean = last_loss = (loss_total / targets_total).item()
             row = {
                 "loss": window_mean,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
                 "tokens_per_s": tokens / max(elapsed, 1e-9),
                 "epoch": data.train.epoch,
+                **window_metrics,
             }
             tracker.log_metrics(state.step, row)
             bar.set_postfix(
                 loss=f"{window_mean:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}"
             )
-            window_loss.zero_()
-            window_targets = window_tokens = 0
+            window.zero_()
+            window_tokens = 0
             window_start = time.perf_counter()
         if (
             cfg.eval.eval_every
@@ -332,6 +425,10 @@ def _run(
         "resumed_from_step": resumed_from,
         "skipped_steps": state.skipped_steps,
         "examples_used": data.train.used_counts(),
+        **state.last_metrics,
+        **{k: v for k, v in state.last_eval.items() if k != "step" and k != "val_loss"},
+        "compile": {"enabled": compiled.enabled, "reason": compiled.reason}
+        | (compile_stats.result() if compiled.enabled else {}),
         **task_scores,
     }
     if strategy.is_main:
@@ -375,4 +472,8 @@ def save_final(
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on the device. To CUDA from pinned memory, so the copy is truly asynchronous
+    (from pageable memory `non_blocking` copies synchronously)."""
+    if device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-fast test-gpu bench bench-quick lint format clean
+.PHONY: demo test test-fast test-gpu check-extras bench bench-quick lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q -m "not gpu" --durations=15
+
+# `.[dev]` installs every extra but the CUDA-only ones; pip's own resolver checks those against
+# the pins too (a dry run: it reads the package index, installs nothing). .ci/run calls it.
+check-extras: $(STAMP)
+	$(PY) -m pip install --quiet --dry-run -c constraints.txt ".[dev,liger]"
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu and not slow and not distributed" -x

@@ -221,7 +221,7 @@ class TrackingConfig:
         "offline", "W&B mode: offline (no account; `wandb sync` later) or online."
     )
     trackio_dir: str | None = option(
-        None, "trackio's local store folder; default <output_dir>/trackio."
+        None, "trackio's local store folder; default $TRACKIO_DIR, else <output_dir>/trackio."
     )
     plot: bool = option(True, "Write loss.png (training and validation loss) at the end.")
 

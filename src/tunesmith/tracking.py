@@ -247,7 +247,15 @@ class _Aim:
         import aim
 
         repo = cfg.tracking.aim_repo or str(output_dir / "aim")
-        self.run = aim.Run(run_hash=run_id, repo=repo, experiment=cfg.tracking.project)
+        # No terminal capture or system sampling thread: the run log and tqdm stay ours.
+        self.run = aim.Run(
+            run_hash=run_id,
+            repo=repo,
+            experiment=cfg.tracking.project,
+            system_tracking_interval=None,
+            log_system_params=False,
+            capture_terminal_logs=False,
+        )
         self.run.name = run_name
         self.run["hparams"] = hparams
         self.run_id = self.run.hash
@@ -260,18 +268,35 @@ class _Aim:
         pass  # a re-tracked step replaces the value Aim had for it
 
     def close(self) -> None:
+        from aim.sdk.index_manager import RepoIndexManager
+
+        repo, run_hash = self.run.repo, self.run.hash
         self.run.close()
+        # Aim 3.29 writes a run into its own chunk and leaves merging it into the repo's index
+        # to `aim up`'s background indexer; until then aim.Repo lists no runs. Index it now, so
+        # the folder is complete when training ends (readers, `aim runs ls`, a later resume).
+        RepoIndexManager.get_index_manager(repo).index(run_hash)
 
 
 class _Trackio:
     run_id = None
 
     def __init__(self, cfg: Config, output_dir: Path, run_name: str, hparams: dict, _id) -> None:
-        # trackio reads its store location from the environment when imported.
-        os.environ.setdefault(
-            "TRACKIO_DIR", cfg.tracking.trackio_dir or str(output_dir / "trackio")
+        # trackio fixes its store folder from TRACKIO_DIR when first imported (it has no
+        # argument for it), so the variable is set before the import, and checked after it.
+        store = Path(
+            cfg.tracking.trackio_dir or os.environ.get("TRACKIO_DIR") or output_dir / "trackio"
         )
+        os.environ["TRACKIO_DIR"] = str(store)
         import trackio
+        import trackio.utils
+
+        if trackio.utils.TRACKIO_DIR.resolve() != store.resolve():
+            raise UserError(
+                f"tracking.backends: trackio was imported earlier in this process with its store "
+                f"at {trackio.utils.TRACKIO_DIR}, not {store}",
+                "start a new process for each run that logs to trackio",
+            )
 
         self.trackio = trackio
         self.run = trackio.init(

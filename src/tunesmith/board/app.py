@@ -1,8 +1,8 @@
 """The board's web server: a JSON API over board.runs/form/jobs/inspect and one static page.
 
-Starlette + uvicorn rather than Gradio: Gradio's current releases pin pillow<13 (this project
-pins 13.0.0) and pull ~30 packages; the page here is plain HTML/JS shipped in the package, so it
-works offline and adds two small dependencies.
+Starlette + uvicorn rather than Gradio, which pulls ~30 packages (and, when this was built,
+could not resolve against the pins' pillow 13): the page here is plain HTML/JS shipped in the
+package, so it works offline and adds two small dependencies.
 
 Safe by default: the server binds 127.0.0.1; any other address needs `--auth USER:PASS` (HTTP
 Basic) because the page starts processes. Requests naming another host than the loopback names

@@ -3,7 +3,6 @@ so the same command, once fixed, is not refused for a folder the failure left be
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -12,38 +11,59 @@ from conftest import run_overrides
 from tunesmith.cli import main
 
 
-def missing_tracker() -> str:
-    """A supported tracker whose library is not installed here (skip if all are)."""
+def missing_tracker(tmp_path, monkeypatch):
+    """`.[dev]` installs every tracker: the aim entry is pointed at a module nobody has."""
+    import dataclasses
+
     from tunesmith.tracking import BACKENDS
 
-    for name, backend in BACKENDS.items():
-        if importlib.util.find_spec(backend.module) is None:
-            return name
-    pytest.skip("every tracker library is installed")
+    absent = dataclasses.replace(BACKENDS["aim"], module="aim_is_not_installed_here")
+    monkeypatch.setitem(BACKENDS, "aim", absent)
+    return ["tracking.backends=[aim]"]
 
 
-def bad_data(tmp_path):
+def damaged_weights(tmp_path, monkeypatch):
+    """A saved model folder whose safetensors file was cut short (a broken download)."""
+    import transformers
+
+    from conftest import TOKENIZER, tiny_config
+
+    config = dict(tiny_config("llama"))
+    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    folder = tmp_path / "base"
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return ["model.config=null", f"model.name={folder}", f"model.tokenizer={TOKENIZER}"]
+
+
+def bad_data(tmp_path, monkeypatch):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input": "1", "output": "one"}\n{not json\n', encoding="utf-8")
     return [f"data.train={path}"]
 
 
 CASES = {
-    "missing tracker": lambda tmp_path: [f"tracking.backends=[{missing_tracker()}]"],
-    "unknown tracker": lambda tmp_path: ["tracking.backends=[tensorbored]"],
+    "missing tracker": missing_tracker,
+    "unknown tracker": lambda tmp_path, _: ["tracking.backends=[tensorbored]"],
     "unreadable data": bad_data,
-    "missing data": lambda tmp_path: [f"data.train={tmp_path / 'nowhere.jsonl'}"],
-    "template without input": lambda tmp_path: ["data.input_format='Spell it:'"],
-    "unknown prompt template": lambda tmp_path: ["data.format=alpaca", "data.template=stanfrod"],
-    "unknown chat template": lambda tmp_path: ["data.chat_template=chatmel"],
-    "method x strategy": lambda tmp_path: ["model.quantization=nf4"],
-    "examples over the limit": lambda tmp_path: ["data.cutoff_len=4", "data.overlong=error"],
+    "missing data": lambda tmp_path, _: [f"data.train={tmp_path / 'nowhere.jsonl'}"],
+    "template without input": lambda tmp_path, _: ["data.input_format='Spell it:'"],
+    "unknown prompt template": lambda tmp_path, _: ["data.format=alpaca", "data.template=stanfrod"],
+    "unknown chat template": lambda tmp_path, _: ["data.chat_template=chatmel"],
+    "method x strategy": lambda tmp_path, _: ["model.quantization=nf4"],
+    "examples over the limit": lambda tmp_path, _: ["data.cutoff_len=4", "data.overlong=error"],
+    "damaged weights file": damaged_weights,
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_failed_preflight_exits_2_with_one_line_and_leaves_no_folder(tmp_path, capsys, case):
-    overrides = [*run_overrides(tmp_path, steps=1), "data.cache=false", *CASES[case](tmp_path)]
+def test_failed_preflight_exits_2_with_one_line_and_leaves_no_folder(
+    tmp_path, capsys, monkeypatch, case
+):
+    extra = CASES[case](tmp_path, monkeypatch)
+    capsys.readouterr()  # what making the case printed (a save's progress bar)
+    overrides = [*run_overrides(tmp_path, steps=1), "data.cache=false", *extra]
     code = main(["train", *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -71,6 +71,31 @@ def load_config_of(model_cfg: ModelConfig) -> transformers.PretrainedConfig:
         ) from None
 
 
+def check_weights_readable(model_cfg: ModelConfig) -> None:
+    """Read the header of every safetensors file of a local model folder (cheap: no tensor data).
+
+    A damaged or truncated weights file otherwise fails deep inside from_pretrained, after the
+    run folder exists; this makes it a one-line error in the preflight.
+
+    Raises:
+        UserError: the first weights file whose header cannot be read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(model_cfg.name) if model_cfg.name and not model_cfg.gguf_file else None
+    if folder is None or not folder.is_dir():
+        return  # a hub id (transformers checks its download) or a GGUF file
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as exc:
+            raise UserError(
+                f"model.name: {path} is not a readable safetensors file ({exc})",
+                "re-download or re-export the model folder",
+            ) from None
+
+
 def is_encoder_decoder(model_cfg: ModelConfig, hf_config: transformers.PretrainedConfig) -> bool:
     """Whether the run uses AutoModelForSeq2SeqLM."""
     if model_cfg.model_class != "auto":
@@ -179,6 +204,7 @@ def load_model(
             from tunesmith.models.quantize import quantization_kwargs
 
             kwargs.update(quantization_kwargs(model_cfg, dtype))
+        check_weights_readable(model_cfg)
         try:
             model = auto.from_pretrained(
                 model_cfg.name,

@@ -30,6 +30,7 @@ from tunesmith.evaluate import metrics_after_training, validation_metrics
 from tunesmith.methods import METHODS
 from tunesmith.methods.base import StepContext, count_parameters, unwrap
 from tunesmith.models.load import (
+    check_weights_readable,
     is_encoder_decoder,
     load_config_of,
     load_model,
@@ -181,6 +182,7 @@ def _run(
     # folder exists, so a fixed command can simply be run again.
     hf_config = load_config_of(cfg.model)
     encoder_decoder = is_encoder_decoder(cfg.model, hf_config)
+    check_weights_readable(cfg.model)
     compat.preflight(cfg, method.capabilities, strategy, hf_config.model_type, encoder_decoder)
     tokenizer = load_tokenizer(cfg.model, cfg.data.chat_template)
     compiled = compiling.resolve(

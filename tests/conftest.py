@@ -91,6 +91,29 @@ def run_overrides(
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def chat_run_overrides(tmp_path: Path, steps: int = 2) -> list[str]:
+    """Overrides for a quick chatml run on two-turn number-spelling conversations."""
+    import json
+
+    data = tmp_path / "chat.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for n, words in [("4", "four"), ("7", "seven"), ("9", "nine"), ("2", "two")] * 2:
+            turns = [{"role": "user", "content": n}, {"role": "assistant", "content": words}]
+            f.write(json.dumps({"messages": turns}) + "\n")
+    return run_overrides(
+        tmp_path,
+        steps=steps,
+        **{
+            "data.train": data,
+            "data.validation": "null",
+            "data.format": "chat",
+            "data.chat_template": "chatml",
+            "data.cache": "false",
+            "train.batch_size": 4,
+        },
+    )
+
+
 @pytest.fixture
 def tokenizer():
     """The embedded 512-piece byte-level BPE tokenizer."""

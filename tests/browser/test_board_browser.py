@@ -152,6 +152,7 @@ def test_form_typo_gives_the_yaml_paths_one_line_error(page, tmp_path):
     page.fill("[data-key='train.max_steps']", "2O")
     error = page.locator("#form-error")
     error.filter(has_text="2O").wait_for()
+    assert page.locator("#plan-table td.total").count() == 0  # no plan passes for this form
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("train:\n  max_steps: 2O\n")
     with pytest.raises(UserError) as caught:
@@ -176,6 +177,7 @@ def launch(page, name: str, **values: str) -> None:
     open_tab(page, "new")
     page.select_option("#start-from", "configs/quickstart.yaml")
     page.click("#load-recipe")
+    page.wait_for_selector("#config-form:not([data-loading])", state="attached")
     page.wait_for_function(
         "document.querySelector('[data-key=\"train.max_steps\"]').value === '200'"
     )
@@ -216,13 +218,28 @@ def test_launch_watch_finish_then_try(page, runs_dir):
     page.wait_for_selector("#try-base[data-done='1']")
     loaded = load_for_inference(runs_dir / "alpha")
     entry = entry_from_record(loaded.record, str(runs_dir / "alpha"))
-    example = format_record({"input": "42"}, entry)
-    expected = generate_texts(
-        loaded.model, loaded.tokenizer, [example], False, GenerationSettings(8), progress=False
-    )[0]
-    assert page.locator("#try-tuned").inner_text().strip() == expected
+
+    def greedy(text: str) -> str:
+        example = format_record({"input": text}, entry)
+        settings = GenerationSettings(8)
+        return generate_texts(
+            loaded.model, loaded.tokenizer, [example], False, settings, progress=False
+        )[0]
+
+    first = greedy("42")
+    assert page.locator("#try-tuned").inner_text().strip() == first
     assert page.locator("#try-base").inner_text().strip() != ""
+    # A second turn: the first exchange moves into the conversation log; this run learned an
+    # input template, so (as in `tunesmith chat`) the answer is to the new message.
+    page.fill("#try-input", "7")
+    page.click("#try-send")
+    page.wait_for_selector("#try-base[data-done='1']")
+    turns = page.locator("#try-tuned-log .turn").all_inner_texts()
+    assert [t.strip() for t in turns] == ["42", first]
+    assert page.locator("#try-tuned").inner_text().strip() == greedy("7")
     shot(page, "try")
+    page.click("#try-reset")
+    assert page.locator("#try-tuned-log .turn").count() == 0
 
 
 @pytest.mark.slow
@@ -259,6 +276,7 @@ def test_data_preview(page):
     open_tab(page, "new")
     page.select_option("#start-from", "configs/quickstart.yaml")
     page.click("#load-recipe")
+    page.wait_for_selector("#config-form:not([data-loading])", state="attached")
     page.wait_for_function(
         "document.querySelector('[data-key=\"train.max_steps\"]').value === '200'"
     )

@@ -19,6 +19,7 @@ from tunesmith.chat import MODEL_PROMPT, USER_PROMPT, ChatSession, conversation_
 from tunesmith.generate import (
     GenerationSettings,
     LoadedForInference,
+    encode_prompts,
     generate_texts,
     load_for_inference,
 )
@@ -156,14 +157,16 @@ def test_chat_template_keeps_the_conversation_and_system_message():
     loaded = LoadedForInference(build_tiny_model("llama").eval(), tokenizer, {}, False)
     session = ChatSession(loaded, GenerationSettings(max_new_tokens=3), system="be kind")
     answer = "".join(session.reply("hello"))
+    example = conversation_example(loaded, session.messages_for("again"))
     prompt = tokenizer.apply_chat_template(
-        conversation_example(loaded, session.messages_for("again")).messages,
-        tokenize=False,
-        add_generation_prompt=True,
+        example.messages, tokenize=False, add_generation_prompt=True
     )
     assert prompt == (
         f"<system>be kind\n<user>hello\n<assistant>{answer.strip()}\n<user>again\n<assistant>"
     )
+    # What the model is given: the whole conversation, not the turns before the first answer.
+    (ids,) = encode_prompts(tokenizer, [example], session.limits)
+    assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
     session.reset()
     assert session.messages_for("x") == [
         {"role": "system", "content": "be kind"},

@@ -4,6 +4,7 @@ folders, and the request guard (login, localhost only, same-origin JSON POSTs)."
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ pytest.importorskip("starlette")
 
 from starlette.requests import Request  # noqa: E402
 
-from conftest import ROOT, run_overrides  # noqa: E402
+from conftest import ROOT, chat_run_overrides, run_overrides  # noqa: E402
 from tunesmith.board import form, runs  # noqa: E402
 from tunesmith.board.app import _refusal, serve  # noqa: E402
 from tunesmith.board.jobs import Jobs  # noqa: E402
@@ -118,8 +119,9 @@ def test_try_streams_the_adapter_and_its_base(tmp_path):
     overrides = run_overrides(tmp_path, method="lora", steps=4, **{"train.lr": 5e-2})
     assert main(["train", "--", *overrides]) == 0
     chatter = Chatter.load(tmp_path / "run")
-    tuned = "".join(chatter.stream("42", "tuned", 6)).strip()
-    base = "".join(chatter.stream("42", "base", 6)).strip()
+    ask = [{"role": "user", "content": "42"}]
+    tuned = "".join(chatter.stream(ask, "tuned", 6)).strip()
+    base = "".join(chatter.stream(ask, "base", 6)).strip()
     loaded = chatter.loaded
     entry = entry_from_record(loaded.record, str(tmp_path / "run"))
     example = format_record({"input": "42"}, entry)
@@ -135,3 +137,56 @@ def test_try_streams_the_adapter_and_its_base(tmp_path):
             loaded.model, loaded.tokenizer, [example], False, settings, progress=False
         )[0]
     assert base == reference
+
+
+def test_try_keeps_a_chat_runs_conversation(tmp_path):
+    """A run trained on chat data: the Try tab answers the whole conversation, rendered with the
+    run's chat template as `tunesmith chat` renders it, not only the last message."""
+    from tunesmith.board.app import conversation
+    from tunesmith.board.inspect import Chatter
+    from tunesmith.chat import conversation_example
+    from tunesmith.cli import main
+    from tunesmith.generate import GenerationSettings, generate_texts
+
+    overrides = chat_run_overrides(tmp_path)
+    assert main(["train", *overrides]) == 0
+    chatter = Chatter.load(tmp_path / "run")
+    messages = conversation(
+        {
+            "messages": [
+                {"role": "user", "content": "4"},
+                {"role": "assistant", "content": "four"},
+                {"role": "user", "content": "7"},
+            ]
+        }
+    )
+    prompt = chatter.loaded.tokenizer.decode(chatter.prompt_ids(messages))
+    assert prompt.count("<|im_start|>user") == 2 and "four" in prompt
+    answer = "".join(chatter.stream(messages, "tuned", 5)).strip()
+    example = conversation_example(chatter.loaded, messages)
+    loaded = chatter.loaded
+    settings = GenerationSettings(5)
+    expected = generate_texts(
+        loaded.model, loaded.tokenizer, [example], False, settings, progress=False
+    )[0]
+    assert answer == expected
+    with pytest.raises(UserError, match="end with a user message"):
+        conversation({"messages": messages[:2]})
+    with pytest.raises(UserError, match="role"):
+        conversation({"messages": [{"role": "robot", "content": "hi"}]})
+
+
+def test_plan_panel_says_what_would_fit_only_when_the_recipe_does_not():
+    """The New run tab's plan ends as `tunesmith plan` does: the changes that fit, for a recipe
+    that does not (a 1B full fp32 run on a 16 GB T4), and nothing for one that fits."""
+    from conftest import TOKENIZER, tiny_config
+    from tunesmith.estimate.fit import what_would_fit
+
+    big = {**tiny_config("llama"), "hidden_size": 2048, "intermediate_size": 5504}
+    big.update(num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16)
+    cfg = load_config(None, [f"model.config={json.dumps(big)}", f"model.tokenizer={TOKENIZER}"])
+    shown = form.would_fit(cfg, "t4-16gb", 1)
+    seq_len = cfg.data.max_seq_len or cfg.data.cutoff_len or 512
+    expected = what_would_fit(cfg, "t4-16gb", 1, seq_len)
+    assert shown and [s["overrides"] for s in shown] == [s.overrides for s in expected]
+    assert form.would_fit(cfg, "b200-180gb", 1) == []

@@ -4,11 +4,10 @@ only the assistant turns carry a loss."""
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 
-from conftest import TOKENIZER, run_overrides, token_spans
+from conftest import TOKENIZER, chat_run_overrides, token_spans
 from tunesmith.data.chat_templates import CHAT_TEMPLATES, chat_template, use_chat_template
 from tunesmith.data.formats import Example
 from tunesmith.data.tokenize import Limits, encode_chat
@@ -62,23 +61,7 @@ def test_base_model_trains_chat_data_and_saves_the_template(tmp_path):
 
     from tunesmith.cli import main
 
-    data = tmp_path / "chat.jsonl"
-    with data.open("w", encoding="utf-8") as f:
-        for n, words in [("4", "four"), ("7", "seven"), ("9", "nine"), ("2", "two")] * 2:
-            messages = [{"role": "user", "content": n}, {"role": "assistant", "content": words}]
-            f.write(json.dumps({"messages": messages}) + "\n")
-    overrides = run_overrides(
-        tmp_path,
-        steps=2,
-        **{
-            "data.train": data,
-            "data.validation": "null",
-            "data.format": "chat",
-            "data.chat_template": "chatml",
-            "data.cache": "false",
-            "train.batch_size": 4,
-        },
-    )
+    overrides = chat_run_overrides(tmp_path)
     assert main(["train", *overrides]) == 0
     saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     assert saved.chat_template == CHAT_TEMPLATES["chatml"]

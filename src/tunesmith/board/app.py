@@ -173,10 +173,9 @@ def build_app(
     def plan_sync(data: dict[str, Any]) -> Any:
         cfg = board.config(data.get("values") or {})
         gpus = int(data.get("gpus") or 1)
-        rows = form.plan_rows(
-            cfg, str(data.get("device") or "cpu"), gpus, bool(data.get("compare"))
-        )
-        return {"rows": rows}
+        device = str(data.get("device") or "cpu")
+        rows = form.plan_rows(cfg, device, gpus, bool(data.get("compare")))
+        return {"rows": rows, "would_fit": form.would_fit(cfg, device, gpus)}
 
     async def plan(request: Request) -> Any:
         from starlette.concurrency import run_in_threadpool
@@ -215,13 +214,13 @@ def build_app(
         data = await body(request)
         chatter = await run_in_threadpool(board.chat, str(data.get("run") or ""))
         which = "base" if data.get("which") == "base" else "tuned"
-        text = str(data.get("text") or "")
+        messages = conversation(data)
         tokens = max(1, min(int(data.get("max_new_tokens") or 64), 1024))
         if which == "base":
             header = chatter.base_note
         else:
             header = f"{data.get('run')}/final"
-        stream = chatter.stream(text, which, tokens)
+        stream = chatter.stream(messages, which, tokens)
         return StreamingResponse(
             stream, media_type="text/plain; charset=utf-8", headers={"X-Model": header}
         )
@@ -254,6 +253,24 @@ def build_app(
         return await call_next(request)
 
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
+
+
+def conversation(data: dict[str, Any]) -> list[dict[str, str]]:
+    """The Try tab's conversation: `messages` (each side keeps its own history), or one `text`."""
+    if "messages" not in data:
+        return [{"role": "user", "content": str(data.get("text") or "")}]
+    messages = data["messages"]
+    roles = ("system", "user", "assistant")
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise UserError(
+            "messages must be a list of {role, content}", f"roles are {', '.join(roles)}"
+        )
+    if not messages or messages[-1]["role"] != "user":
+        raise UserError("the conversation must end with a user message")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _refusal(request: Request, auth: tuple[str, str] | None, local_only: bool) -> Response | None:

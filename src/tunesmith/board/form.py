@@ -237,6 +237,23 @@ def plan_rows(cfg: Config, device: str, gpus: int, compare: bool) -> list[dict[s
     return rows
 
 
+def would_fit(cfg: Config, device: str, gpus: int) -> list[dict[str, Any]]:
+    """`tunesmith plan`'s "what would fit" for a form whose recipe does not fit (else [])."""
+    from tunesmith.estimate.fit import what_would_fit
+    from tunesmith.estimate.memory import GIB, plan
+
+    seq_len = cfg.data.max_seq_len or cfg.data.cutoff_len or 512
+    try:
+        if plan(cfg, device=device, world=gpus, seq_len=seq_len).fits:
+            return []
+    except Exception:  # the plan rows already carry this method's error
+        return []
+    return [
+        {"overrides": s.overrides, "world": s.world, "total_gib": s.plan.total / GIB}
+        for s in what_would_fit(cfg, device, gpus, seq_len)
+    ]
+
+
 def devices() -> list[str]:
     """The device names the planner knows."""
     from tunesmith.estimate.memory import DEVICES

@@ -91,22 +91,21 @@ class Chatter:
                 base.eval()
         return cls(run, loaded, base, note, threading.Lock())
 
-    def prompt_ids(self, text: str) -> list[int]:
-        """The user's text formatted with the run's templates, then encoded as training does."""
-        from tunesmith.data.formats import format_record
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation, ending with the user's turn, formatted as `tunesmith chat` does
+        (chat.conversation_example: the chat template with the whole history, or the run's input
+        template around the last message), then encoded as training does."""
+        from tunesmith.chat import conversation_example
         from tunesmith.generate import encode_prompts, entry_from_record, prompt_limits
 
-        entry = entry_from_record(self.loaded.record, str(self.run))
-        key = entry.fields.get("input", "input")
-        if entry.format == "chat":
-            record: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
-        else:
-            record = {key: text, "instruction": text}
-        example = format_record(record, entry)
-        return encode_prompts(self.loaded.tokenizer, [example], prompt_limits(entry))[0]
+        example = conversation_example(self.loaded, messages)
+        limits = prompt_limits(entry_from_record(self.loaded.record, str(self.run)))
+        return encode_prompts(self.loaded.tokenizer, [example], limits)[0]
 
-    def stream(self, text: str, which: str, max_new_tokens: int = 64) -> Iterator[str]:
-        """Yield the generated text piece by piece, from the tuned model or the base."""
+    def stream(
+        self, messages: list[dict[str, str]], which: str, max_new_tokens: int = 64
+    ) -> Iterator[str]:
+        """Yield the next assistant turn piece by piece, from the tuned model or the base."""
         from transformers import TextIteratorStreamer
 
         if (
@@ -116,7 +115,7 @@ class Chatter:
         ):
             raise UserError(f"no base model to compare with: {self.base_note}")
         tokenizer = self.loaded.tokenizer
-        ids = torch.tensor([self.prompt_ids(text)])
+        ids = torch.tensor([self.prompt_ids(messages)])
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         model = self.base if which == "base" and self.base is not None else self.loaded.model
         kwargs = {

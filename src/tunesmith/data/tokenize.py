@@ -69,14 +69,15 @@ def encode_prompt(
 ) -> tuple[list[int], bool]:
     """Prompt ids (with the tokenizer's leading special tokens), cut inside the input if needed.
 
-    `ids` and `body` may pass the prompt and the raw input already tokenised (batched encoding);
-    chat examples are rendered up
-    to their last assistant turn with the generation prompt.
+    `ids` and `body` may pass the prompt and the raw input already tokenised (batched encoding).
+    A chat example that ends with an assistant turn (a record scored against its answer) is
+    rendered without that turn; one that ends with the user (a conversation asking for the next
+    reply: `chat`, the board) is rendered whole; both end with the generation prompt.
     """
     if example.messages is not None:
         turns = example.messages
-        last = max((i for i, m in enumerate(turns) if m["role"] == "assistant"), default=len(turns))
-        text = render_chat(tokenizer, example.messages[:last], generation_prompt=True)
+        answered = bool(turns) and turns[-1]["role"] == "assistant"
+        text = render_chat(tokenizer, turns[:-1] if answered else turns, generation_prompt=True)
         ids = _ids(tokenizer, text, special=False)
         return (
             (ids, False)

@@ -222,12 +222,18 @@ async function checkForm() {
   try {
     const d = await api("/api/plan", { values, device: $("#plan-device").value, gpus: +$("#nproc").value || 1, compare: $("#plan-compare").checked });
     $("#form-error").textContent = "";
-    renderPlan(d.rows);
+    renderPlan(d.rows, d.would_fit || []);
     return true;
-  } catch (e) { $("#form-error").textContent = e.message; return false; }
+  } catch (e) {
+    // The plan shown was for the last valid form: clear it rather than let it pass for this one.
+    $("#form-error").textContent = e.message; renderPlan([], []);
+    return false;
+  }
 }
 
-function renderPlan(rows) {
+function renderPlan(rows, wouldFit) {
+  $("#plan-fit").replaceChildren(...(wouldFit.length ? [el("p", { text: "Does not fit. What would fit, cheapest change first:" }),
+    el("ul", {}, ...wouldFit.map(f => el("li", {}, el("code", { text: f.overrides.join(" ") }), el("span", { text: ` ${f.total_gib.toFixed(2)} GiB per device` }))))] : []));
   const head = ["method", "trainable", "total/device", "fits", "TFLOPs/step", "est. step"];
   const gib = v => `${v.toFixed(3)} GiB`;
   const body = [];
@@ -242,13 +248,20 @@ function renderPlan(rows) {
   $("#plan-table").replaceChildren(el("thead", {}, el("tr", {}, ...head.map(h => el("th", { text: h })))), el("tbody", {}, ...body));
 }
 
+let loadSeq = 0;
 async function loadStart() {
-  const choice = $("#start-from").value;
+  // Only the latest load renders: a slower earlier one (the page's own first load) must not
+  // overwrite a form the user has started to fill. data-loading marks the form meanwhile.
+  const choice = $("#start-from").value, seq = ++loadSeq, form = $("#config-form");
+  form.dataset.loading = "1";
   try {
     const d = choice.startsWith("run:") ? await api(`/api/runs/${encodeURIComponent(choice.slice(4))}/form`)
       : await api(`/api/recipe?path=${encodeURIComponent(choice)}`);
-    state.values = d.values; renderForm(); await checkForm();
-  } catch (e) { $("#form-error").textContent = e.message; }
+    if (seq !== loadSeq) return;
+    state.values = d.values; renderForm();
+  } catch (e) { if (seq === loadSeq) $("#form-error").textContent = e.message; }
+  finally { if (seq === loadSeq) delete form.dataset.loading; }
+  if (seq === loadSeq) await checkForm();
 }
 
 async function launch() {
@@ -287,23 +300,46 @@ function fillTryRuns() {
   if (done.some(r => r.name === keep)) sel.value = keep;
 }
 
-async function streamInto(which, target, note) {
+// Each side keeps its own conversation: the base answers its own earlier replies, not the tuned ones.
+const tryHistory = { tuned: [], base: [] };
+
+function resetTry() {
+  for (const which of ["tuned", "base"]) {
+    tryHistory[which] = [];
+    $(`#try-${which}-log`).replaceChildren();
+    $(`#try-${which}`).textContent = ""; $(`#try-${which}`).dataset.done = "";
+  }
+}
+
+async function streamInto(which, question) {
+  const target = $(`#try-${which}`), note = $(`#try-${which}-note`);
+  const messages = [...tryHistory[which], { role: "user", content: question }];
   target.textContent = "";
   const res = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ run: $("#try-run").value, text: $("#try-input").value, which, max_new_tokens: +$("#try-tokens").value || 32 }) });
+    body: JSON.stringify({ run: $("#try-run").value, messages, which, max_new_tokens: +$("#try-tokens").value || 32 }) });
   if (!res.ok) { const d = await res.json().catch(() => ({})); throw new Error(d.error || `HTTP ${res.status}`); }
   note.textContent = res.headers.get("X-Model") || "";
   const reader = res.body.getReader(), dec = new TextDecoder();
   for (;;) { const { done, value } = await reader.read(); if (done) break; target.textContent += dec.decode(value, { stream: true }); }
+  tryHistory[which] = [...messages, { role: "assistant", content: target.textContent.trim() }];
   target.dataset.done = "1";
 }
 
+function logTurn(which) {
+  // The exchange shown in the answer box moves into the conversation log above it.
+  const h = tryHistory[which];
+  if (!h.length) return;
+  const [q, a] = h.slice(-2);
+  $(`#try-${which}-log`).append(el("div", { class: "turn user", text: q.content }), el("div", { class: "turn model", text: a.content }));
+}
+
 async function trySend() {
+  const question = $("#try-input").value;
   $("#try-error").textContent = "";
-  $("#try-tuned").dataset.done = ""; $("#try-base").dataset.done = "";
-  try { await streamInto("tuned", $("#try-tuned"), $("#try-tuned-note")); }
+  for (const which of ["tuned", "base"]) { logTurn(which); $(`#try-${which}`).dataset.done = ""; }
+  try { await streamInto("tuned", question); }
   catch (e) { $("#try-error").textContent = e.message; return; }
-  try { await streamInto("base", $("#try-base"), $("#try-base-note")); }
+  try { await streamInto("base", question); }
   catch (e) { $("#try-base").textContent = e.message; $("#try-base").dataset.done = "1"; }
 }
 
@@ -322,6 +358,8 @@ async function start() {
   $("#plan-compare").addEventListener("change", checkForm);
   $("#data-preview").addEventListener("click", preview);
   $("#try-send").addEventListener("click", trySend);
+  $("#try-reset").addEventListener("click", resetTry);
+  $("#try-run").addEventListener("change", resetTry);
   const first = state.schema.recipes.find(p => p.includes("quickstart")) || state.schema.recipes[0];
   if (first) { $("#start-from").value = first; await loadStart(); }
   document.body.dataset.ready = "1";

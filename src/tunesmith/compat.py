@@ -41,10 +41,6 @@ def refusals(
     return out
 
 
-# Strategies that shard parameters: a frozen reference copy would need its own sharded engine.
-SHARDING_STRATEGIES = ("fsdp", "deepspeed")
-
-
 def objective_refusals(cfg: Config, capabilities: Capabilities, encoder_decoder: bool) -> list[str]:
     """Why the objective cannot run with this method, strategy and data (empty when it can)."""
     from tunesmith.objectives import OBJECTIVES
@@ -65,19 +61,19 @@ def objective_refusals(cfg: Config, capabilities: Capabilities, encoder_decoder:
             f"objective {name} trains a new score head, which method {cfg.method.name} does not "
             "train and save: use method.name=full"
         )
-    can_precompute = hasattr(cfg.objective, "precompute_reference")
-    precompute = getattr(cfg.objective, "precompute_reference", False)
-    if (
-        objective.needs_reference
-        and not capabilities.adapter_only_save
-        and not precompute
-        and cfg.strategy.name in SHARDING_STRATEGIES
-    ):
-        fix = "set objective.precompute_reference=true or " if can_precompute else ""
+    # A frozen reference copy is deep-copied from the built policy and placed like it
+    # (Strategy.place_frozen); a policy built already partitioned by zero.Init has no whole
+    # weights to copy.
+    zero3_init = cfg.strategy.name == "deepspeed" and getattr(cfg.strategy, "zero3_init", False)
+    copies = objective.needs_reference and not capabilities.adapter_only_save
+    if copies and zero3_init and not getattr(cfg.objective, "precompute_reference", False):
+        fix = "objective.precompute_reference=true, " * hasattr(
+            cfg.objective, "precompute_reference"
+        )
         out.append(
-            f"objective {name} with method {cfg.method.name} needs a reference copy of the model, "
-            f"which strategy {cfg.strategy.name} does not shard yet: {fix}use an adapter method "
-            "(lora) or strategy.name=ddp"
+            f"objective {name} with method {cfg.method.name} needs a reference copy of the "
+            f"model, which strategy.zero3_init=true leaves nothing whole to copy from: set {fix}"
+            "strategy.zero3_init=false or use an adapter method (lora)"
         )
     return out
 

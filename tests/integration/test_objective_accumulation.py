@@ -25,7 +25,7 @@ def test_four_micro_batches_of_two_pairs_equal_one_batch_of_eight(tokenizer, nam
     big = [collate(pairs, pad, False)]
     small = [collate(pairs[i : i + 2], pad, False) for i in range(0, 8, 2)]
     objective = OBJECTIVES[name]()
-    reference = FrozenCopy(build_tiny_model("llama", seed=0).double(), torch.device("cpu"))
+    reference = FrozenCopy(build_tiny_model("llama", seed=0).double())
 
     grads, losses = [], []
     for batches in (big, small):

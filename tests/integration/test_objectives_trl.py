@@ -124,7 +124,7 @@ def test_dpo_equals_trl_dpo_trainer(tokenizer, tmp_path, loss_type, label_smooth
         policy = lora(base).eval()
         reference = AdapterDisabled()
     else:
-        reference = FrozenCopy(base, torch.device("cpu"))
+        reference = FrozenCopy(base)
     beta = 0.3
     options = OBJECTIVES["dpo"].Options(
         beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
@@ -268,9 +268,7 @@ def test_kto_equals_trl_kto_trainer(tokenizer, tmp_path):
     theirs = copy.deepcopy(policy)
     options = OBJECTIVES["kto"].Options(beta=0.2, desirable_weight=1.5, undesirable_weight=0.8)
     batch = collate(examples, tokenizer.pad_token_id, False)
-    ours_loss, _ = our_loss(
-        OBJECTIVES["kto"](options), policy, batch, FrozenCopy(base, torch.device("cpu"))
-    )
+    ours_loss, _ = our_loss(OBJECTIVES["kto"](options), policy, batch, FrozenCopy(base))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = KTOTrainer(

@@ -169,3 +169,11 @@ def test_a_frozen_reference_copy_is_counted_only_where_one_is_held():
         plan(cfg_for("method.name=lora", "objective.name=dpo")),
     )
     assert dpo_lora.reference == 0 and dpo_lora.total == lora.total  # adapters disabled
+    # Sharded like the policy's weights: half per process on 2-way FSDP2 and ZeRO-3.
+    for strategy in (["strategy.name=fsdp"], ["strategy.name=deepspeed", "strategy.stage=3"]):
+        sharded = plan(cfg_for("objective.name=dpo", *strategy), world=2)
+        assert sharded.reference == dpo_full.reference / 2, strategy
+    zero2 = plan(
+        cfg_for("objective.name=dpo", "strategy.name=deepspeed", "strategy.stage=2"), world=2
+    )
+    assert zero2.reference == dpo_full.reference  # stage 2 keeps whole weights on every rank

@@ -165,6 +165,25 @@ def test_packing_with_a_preference_objective_is_refused_before_loading(tmp_path)
         train(load_config(None, argv))
 
 
+def test_a_reference_copy_with_zero3_init_is_refused_before_loading(tmp_path):
+    """ZeRO-3 with zero3_init builds the policy partitioned: no whole model to copy. Without
+    zero3_init, or with precomputed log-probs, the configuration passes the checks."""
+    from conftest import preference_overrides
+    from tunesmith.compat import objective_refusals
+    from tunesmith.methods import METHODS
+
+    zero3 = {"strategy.name": "deepspeed", "strategy.stage": 3}
+    capabilities = METHODS["full"].capabilities
+
+    def refusals(**extra):
+        cfg = load_config(None, preference_overrides(tmp_path, "full", **zero3, **extra))
+        return objective_refusals(cfg, capabilities, encoder_decoder=False)
+
+    assert refusals() == [] and refusals(**{"objective.precompute_reference": True}) == []
+    (refused,) = refusals(**{"strategy.zero3_init": True})
+    assert "objective.precompute_reference=true, strategy.zero3_init=false" in refused
+
+
 def test_data_preview_shows_a_pair_with_both_loss_masks(tmp_path):
     from conftest import preference_overrides
     from tunesmith.data.preview import preview_text

@@ -302,6 +302,7 @@ def plan(
     reference = reference_weights(cfg, shape)
     shard = _sharding(cfg, world)
     weights /= shard["weights"]
+    reference /= shard["weights"]
     gradients /= shard["gradients"]
     optimizer /= shard["optimizer"]
     autocast_copy /= shard["weights"]
@@ -310,8 +311,8 @@ def plan(
         offloaded += optimizer
         optimizer = 0.0
     if shard["offload_params"]:
-        offloaded += weights
-        weights = 0.0
+        offloaded += weights + reference
+        weights = reference = 0.0
 
     # FLOPs per step (2 per multiply-add): forward 2·N·T plus attention; full backward twice that.
     matmul_params = shape.total_params - shape.embedding_params + shape.hidden * shape.vocab
@@ -371,8 +372,8 @@ def reference_weights(cfg: Any, shape: ModelShape) -> float:
 
     DPO and KTO with full, freeze or green hold a frozen copy of the starting model
     (objectives/reference.py); adapter methods disable their adapters instead, and
-    `objective.precompute_reference` keeps log-probs, not a model: both hold no copy. The copy is
-    not sharded (compat refuses it on sharding strategies). No objective: nothing.
+    `objective.precompute_reference` keeps log-probs, not a model: both hold no copy. The caller
+    shards the copy as the policy's weights are (Strategy.place_frozen). No objective: nothing.
     """
     from tunesmith.methods import METHODS
     from tunesmith.objectives import OBJECTIVES

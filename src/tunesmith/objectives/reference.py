@@ -3,10 +3,11 @@
 - Adapter methods (LoRA, QLoRA, DoRA, IA3, prefix, prompt, LLaMA-Adapter): the policy itself with its
   adapters disabled (peft's `disable_adapter`), so no second copy of the base is held (the TRL-PEFT
   recipe). The adapters start as the identity, so this is exactly the starting policy.
-- Full and freeze on one process or DDP: a frozen copy of the starting model, placed on the
-  policy's device, in eval mode.
-- `objective.precompute_reference: true` (and whenever a copy cannot be placed like the policy:
-  full/freeze on FSDP or DeepSpeed): the reference log-probs of every training and validation
+- Full and freeze: a frozen copy of the starting model in eval mode, placed like the policy by
+  the strategy (`place_frozen`): on its device; sharded per parameter on FSDP2, partitioned by
+  an engine of its own on ZeRO-3.
+- `objective.precompute_reference: true` (and on ZeRO-3 with `zero3_init`, where no whole copy
+  exists): the reference log-probs of every training and validation
   example, computed in one pass with the starting policy before the first step and cached next to
   the tokenised data, so training holds one model.
 """
@@ -36,12 +37,16 @@ class AdapterDisabled:
     def prepare(self, model: nn.Module, data: Any, strategy: Any, batch_size: int, log: Any) -> Any:
         return self
 
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "adapters disabled"}
+
 
 class FrozenCopy:
-    """A frozen copy of the starting model (made before the strategy wraps the policy)."""
+    """A frozen copy of the starting model, copied before the strategy wraps the policy and
+    placed like it (`Strategy.place_frozen`: sharded on FSDP2 and ZeRO-3)."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model = copy.deepcopy(unwrap(model)).to(device).eval()
+    def __init__(self, model: nn.Module) -> None:
+        self.model = copy.deepcopy(unwrap(model)).eval()
         self.model.requires_grad_(False)
 
     def logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -49,7 +54,26 @@ class FrozenCopy:
             return response_logps(self.model, batch)[0]
 
     def prepare(self, model: nn.Module, data: Any, strategy: Any, batch_size: int, log: Any) -> Any:
+        self.model = strategy.place_frozen(self.model)
+        log(
+            f"reference: a frozen copy of the starting model, placed by strategy {strategy.name} "
+            f"({100 * weights_share(self.model):.0f}% of its weights on each process)"
+        )
         return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "frozen copy", "weights_share_per_process": weights_share(self.model)}
+
+
+def weights_share(model: nn.Module) -> float:
+    """This process's share of a model's parameter elements: 1.0 when whole, about 1/N when
+    sharded (FSDP2 keeps a DTensor's local shard, ZeRO-3 a partition in `ds_tensor`)."""
+    local = total = 0
+    for p in model.parameters():
+        total += getattr(p, "ds_numel", p.numel())
+        held = p.ds_tensor if hasattr(p, "ds_tensor") else getattr(p, "_local_tensor", p)
+        local += held.numel()
+    return local / max(total, 1)
 
 
 class Precomputed:
@@ -62,6 +86,9 @@ class Precomputed:
 
     def logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["ref_logps"]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "precomputed log-probs"}
 
     def prepare(
         self, model: nn.Module, data: Any, strategy: Any, batch_size: int, log: Any
@@ -132,7 +159,7 @@ def reference_pass(
 
 
 def build_reference(
-    objective: Any, capabilities: Capabilities, model: nn.Module, device: torch.device, cfg: Any
+    objective: Any, capabilities: Capabilities, model: nn.Module, cfg: Any
 ) -> AdapterDisabled | FrozenCopy | Precomputed | None:
     """The reference an objective needs, for this method, before the strategy wraps `model`."""
     if not objective.needs_reference:
@@ -149,4 +176,4 @@ def build_reference(
         )
     if capabilities.adapter_only_save:
         return AdapterDisabled()
-    return FrozenCopy(model, device)
+    return FrozenCopy(model)

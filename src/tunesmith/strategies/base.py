@@ -58,6 +58,11 @@ class Strategy(Protocol):
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Move/wrap the model and build its optimizer. Returns (model to call, optimizer)."""
 
+    def place_frozen(self, model: nn.Module) -> nn.Module:
+        """Place a frozen model that is only called forward (a preference objective's reference
+        copy, `objectives/reference.py`) as the policy is placed: on the device, and sharded
+        where the policy's parameters are (FSDP2, ZeRO-3). Returns the model to call."""
+
     def micro_batch(self, is_last: bool) -> contextlib.AbstractContextManager:
         """Wraps forward + backward of one micro-batch: precision (autocast) and gradient sync
         (DDP `no_sync` for all but the last micro-batch of an accumulation window)."""

@@ -79,6 +79,9 @@ class DDP:
             find_unused_parameters=self.options.find_unused_parameters,
         )
 
+    def place_frozen(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)  # nothing to synchronise: a replica per rank
+
     def micro_batch(self, is_last: bool) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
         stack.enter_context(autocast_context(self.precision, self.device))

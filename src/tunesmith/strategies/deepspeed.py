@@ -143,6 +143,21 @@ class DeepSpeed:
         # shares, so the loop's scheduler works unchanged.
         return self.engine, optimizer
 
+    def place_frozen(self, model: nn.Module) -> nn.Module:
+        """ZeRO-3: an engine of its own with no optimizer partitions the copy like the policy
+        (TRL's recipe for its reference model); stages 0-2 keep whole weights on every rank,
+        so the copy is too (in the engine's compute dtype)."""
+        if self.options.stage != 3:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            enabled = [k for k in dtype if self.config.get(k, {}).get("enabled")]
+            return model.to(self.device, dtype[enabled[0]] if enabled else None)
+        import deepspeed
+
+        config = {k: v for k, v in self.config.items() if k not in ("optimizer", "scheduler")}
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()  # DeepSpeedEngine.eval returns None
+        return engine
+
     def micro_batch(self, is_last: bool) -> contextlib.AbstractContextManager:
         if self.engine is not None and torch.is_grad_enabled():
             self.engine.set_gradient_accumulation_boundary(is_last)

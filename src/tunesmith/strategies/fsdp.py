@@ -114,6 +114,15 @@ class FSDP:
     def setup(
         self, model: nn.Module, build_optimizer: OptimizerFactory
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = self._shard(model)
+        return model, build_optimizer(model)
+
+    def place_frozen(self, model: nn.Module) -> nn.Module:
+        # Sharded like the policy: each rank holds 1/world of the copy, gathered block by block
+        # in its forward (no gradients, so nothing is reduced).
+        return self._shard(model)
+
+    def _shard(self, model: nn.Module) -> nn.Module:
         rank0_init = self.options.init == "rank0"
         if rank0_init and self.is_main:
             model.to(self.device)
@@ -126,7 +135,7 @@ class FSDP:
         fully_shard(model, **kwargs)
         if rank0_init:
             self._receive_rank0_weights(model, full if self.is_main else {})
-        return model, build_optimizer(model)
+        return model
 
     def _shard_kwargs(self) -> dict[str, Any]:
         mp = MixedPrecisionPolicy()

@@ -59,6 +59,9 @@ class Single:
             model.to(self.device)
         return model, build_optimizer(model)
 
+    def place_frozen(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
     def micro_batch(self, is_last: bool) -> contextlib.AbstractContextManager:
         return autocast_context(self.precision, self.device)
 

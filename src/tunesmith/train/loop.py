@@ -226,7 +226,7 @@ def _run(
         objective.use_token_loss(loss_fn)
     model = method.apply(loaded.model, tokenizer)
     # Before the strategy wraps the policy: a frozen copy is of the starting weights.
-    reference = build_reference(objective, method.capabilities, model, strategy.device, cfg)
+    reference = build_reference(objective, method.capabilities, model, cfg)
     trainable, total = count_parameters(model)
     tracker.info(
         f"method {method.name}: training {trainable:,} of {total:,} parameters "
@@ -429,6 +429,7 @@ def _run(
         "examples_used": data.train.used_counts(),
         **state.last_metrics,
         **{k: v for k, v in state.last_eval.items() if k != "step" and k != "val_loss"},
+        "reference": None if reference is None else reference.describe(),
         "compile": {"enabled": compiled.enabled, "reason": compiled.reason}
         | (compile_stats.result() if compiled.enabled else {}),
         **task_scores,

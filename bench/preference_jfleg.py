@@ -52,8 +52,12 @@ def val_rows(run: Path) -> list[dict[str, Any]]:
     return [r for r in rows if "val_reward_accuracy" in r]
 
 
-def gleu_scores(models: dict[str, Path], sft_run: Path, n: int) -> dict[str, Any]:
-    """GLEU of each model on the first `n` JFLEG test sentences, plus copying the source."""
+def gleu_scores(
+    models: dict[str, Path], sft_run: Path, n: int, work: Path | None = None
+) -> dict[str, Any]:
+    """GLEU of each model on the first `n` JFLEG test sentences, plus copying the source.
+
+    With `work`, each model's generations go to `work/<model>.predictions.jsonl`."""
     from tunesmith.data.formats import format_record
     from tunesmith.data.sources import read_records
     from tunesmith.evaluate import example_references, task_metrics
@@ -75,7 +79,12 @@ def gleu_scores(models: dict[str, Path], sft_run: Path, n: int) -> dict[str, Any
     settings = GenerationSettings(max_new_tokens=64, num_beams=1, batch_size=16)
     for name, model_dir in models.items():
         started = time.perf_counter()
-        result = task_metrics(model_dir, examples, ["gleu"], settings, prompt_limits(entry))
+        saved = (
+            work / f"{name.split(' (')[0].replace(' + ', '-')}.predictions.jsonl" if work else None
+        )
+        result = task_metrics(
+            model_dir, examples, ["gleu"], settings, prompt_limits(entry), predictions_path=saved
+        )
         scores[name] = {"gleu": result["gleu"], "seconds": time.perf_counter() - started}
         print(f"preference_jfleg: GLEU {name} {result['gleu']:.4f}", file=sys.stderr, flush=True)
     return scores
@@ -89,7 +98,8 @@ def render(payload: dict[str, Any]) -> str:
         f"`{payload['command']}`, {payload['total_minutes']:.1f} min in all. "
         f"{p['sft_steps']} supervised steps at batch {p['sft_batch']} on the dev split, "
         f"{p['dpo_steps']} DPO steps at batch {p['dpo_batch']} on {p['dev_pairs']} dev pairs; "
-        f"reference = the merged supervised model with the DPO adapters disabled. Preference "
+        f"reference = the merged supervised model with the DPO adapters disabled; objective "
+        f"{p['dpo_objective']}. Preference "
         f"metrics on {p['held_out_pairs']} held-out test pairs; GLEU on the first "
         f"{p['test_sentences']} test sentences, greedy, at most 64 new tokens.\n",
         "## Held-out preference (test pairs)\n",
@@ -121,6 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-sentences", type=int)
     parser.add_argument("--model", type=Path, default=SMOLLM2, help="a HF model folder")
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp folder)")
+    parser.add_argument(
+        "--reuse-sft",
+        action="store_true",
+        help="with --work: reuse its merged supervised model instead of training it again",
+    )
+    parser.add_argument(
+        "--dpo-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for the DPO run, e.g. objective.sft_weight=0 (repeatable)",
+    )
     args = parser.parse_args(argv)
     defaults = (4, 4, 16) if args.quick else (60, 60, 200)
     for key, default in zip(("sft_steps", "dpo_steps", "test_sentences"), defaults):
@@ -148,26 +170,32 @@ def main(argv: list[str] | None = None) -> int:
                 f.writelines(json.dumps(r) + "\n" for r in records)
         sft, merged, dpo = work / "sft", work / "sft-merged", work / "dpo"
         seconds = {}
-        seconds["supervised LoRA (process)"] = tunesmith(
+        if not (args.reuse_sft and (merged / "config.json").exists()):
+            seconds["supervised LoRA (process)"] = tunesmith(
             "train", "configs/lora.yaml", f"model.name={args.model}", "model.config=null",
             "model.tokenizer=null", "data.preset=grammar", f"data.train={JFLEG / 'dev'}",
             "data.validation=null", "data.test=null", "method.r=16", "method.alpha=32",
             "method.dropout=0.0", f"train.max_steps={args.sft_steps}", "train.batch_size=8",
             "train.lr=2e-4", "train.warmup_steps=5", "eval.eval_every=0", f"output_dir={sft}",
-        )  # fmt: skip
-        seconds["merge"] = tunesmith("export", str(sft), "--merge", "--out", str(merged))
+            )  # fmt: skip
+            seconds["merge"] = tunesmith("export", str(sft), "--merge", "--out", str(merged))
         seconds["DPO LoRA (process)"] = tunesmith(
             "train", "configs/dpo.yaml", f"model.name={merged}",
             f"data.train={work / 'dev.pairs.jsonl'}",
             f"data.validation={work / 'test.pairs.jsonl'}",
-            f"train.max_steps={args.dpo_steps}", f"output_dir={dpo}",
+            f"train.max_steps={args.dpo_steps}", f"output_dir={dpo}", *args.dpo_set,
         )  # fmt: skip
         rows = val_rows(dpo)
         keys = ("val_reward_accuracy", "val_reward_margin", "val_loss")
         before, after = ({k: r[k] for k in keys} for r in (rows[0], rows[-1]))
         models = {"base (zero-shot)": args.model, "supervised": merged, "supervised + DPO": dpo}
-        gleu = gleu_scores(models, sft, args.test_sentences)
+        gleu = gleu_scores(models, sft, args.test_sentences, args.work)
     dpo_cfg = __import__("yaml").safe_load((REPO / "configs" / "dpo.yaml").read_text())
+    objective_overrides = {
+        key.removeprefix("objective."): value
+        for key, value in (kv.split("=", 1) for kv in args.dpo_set)
+        if key.startswith("objective.")
+    }
     payload = {
         "protocol": {
             "model": str(args.model),
@@ -178,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "dev_pairs": counts["dev"],
             "held_out_pairs": min(counts["test"], 8 * dpo_cfg["eval"]["max_batches"]),
             "test_sentences": args.test_sentences,
+            "dpo_objective": {**dpo_cfg["objective"], **objective_overrides},
         },
         "dpo_validation": {"before": before, "after": after},
         "gleu": gleu,

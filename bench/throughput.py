@@ -410,6 +410,35 @@ def add_mfu(results: dict[str, dict[str, Any]], limits: dict[str, Any]) -> None:
         r["mfu"] = r["model_flops_per_s"] / peak
 
 
+def profile_worker(system: str, spec: Spec, out: Path, tmp: str) -> None:
+    """Run one system under the torch profiler and write where its step time goes to `out`."""
+    import os
+
+    runner, precision, packing, compiled = SYSTEMS[system]
+    if compiled and spec.inductor_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec.inductor_cache
+    from _profile import StepBreakdown
+
+    from tunesmith.train.compile import CompileStats
+
+    skip = spec.warmup_steps_excluded + 1  # past the compile and the allocator's first steps
+    dynamo = CompileStats.begin()
+    with StepBreakdown(spec.model["vocab_size"], skip, spec.steps - skip - 2) as breakdown:
+        RUNNERS[runner](spec, precision, packing, tmp, compiled)
+    result = {"system": system, **breakdown.result(), "dynamo": dynamo.result()}
+    out.write_text(json.dumps(result))
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+    """The profiled system's step time by category, largest first."""
+    share, seconds = profile["share"], profile["seconds_per_step"]
+    rows = [
+        [name, f"{seconds[name]:.3f}", f"{100 * share[name]:.1f}%"]
+        for name in sorted(share, key=share.get, reverse=True)
+    ]
+    return markdown_table(["where the step time goes", "s per step", "share"], rows)
+
+
 def worker(system: str, spec: Spec, out: Path, tmp: str) -> None:
     """Run one system in this process and write its measurements to `out`."""
     import os
@@ -448,6 +477,28 @@ def worker(system: str, spec: Spec, out: Path, tmp: str) -> None:
         "torch_threads": torch.get_num_threads(),
     }
     out.write_text(json.dumps(result))
+
+
+def run_profile(
+    results: dict[str, dict[str, Any]], spec_json: str, threads: int
+) -> dict[str, Any] | None:
+    """Profile the fastest tunesmith system of this run (on the run's now warm compile cache)."""
+    ran = {n: r for n, r in results.items() if n.startswith("tunesmith") and "error" not in r}
+    if not ran:
+        return None
+    best = max(ran, key=lambda n: ran[n]["real_tokens_per_s"])
+    print(f"profiling {best} ...", flush=True)
+    profile = run_isolated(
+        Path(__file__),
+        ["--worker", f"profile:{best}", "--spec", spec_json],
+        timeout=1800,
+        threads=threads,
+    )
+    if "error" in profile:
+        print("profile failed:", profile["error"], flush=True)
+    else:
+        print(profile_table(profile), flush=True)
+    return profile
 
 
 def warmup_of(probe: StepProbe, warmup: int) -> int:
@@ -564,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", help="JSON file of LlamaConfig keys (a larger model)")
     parser.add_argument("--data", help="Alpaca-format JSON (default: ../shared/data's demo set)")
     parser.add_argument("--cutoff-len", type=int, help="cut examples to this many tokens")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the fastest tunesmith system: where its step time goes",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -571,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker == "limits":
         limits_worker(Spec(**json.loads(args.spec)), args.out, args.tmp, args.quick)
+        return 0
+    if args.worker and args.worker.startswith("profile:"):
+        profile_worker(
+            args.worker.removeprefix("profile:"), Spec(**json.loads(args.spec)), args.out, args.tmp
+        )
         return 0
     if args.worker:
         worker(args.worker, Spec(**json.loads(args.spec)), args.out, args.tmp)
@@ -625,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         r = results[name]
         print(r.get("error") or f"{r['real_tokens_per_s']:.0f} real tokens/s", flush=True)
+    profile = run_profile(results, spec_json, args.threads) if args.profile else None
     if cold_cache:
         shutil.rmtree(cold_cache, ignore_errors=True)
     add_ratios(results)
@@ -655,8 +717,19 @@ def main(argv: list[str] | None = None) -> int:
             f"head {fpt['lm_head'] / 1e6:.1f}M, attention {fpt['attention'] / 1e6:.1f}M at "
             f"context {fpt['context']:.0f}).\n"
         )
+    if profile and "error" not in profile:
+        markdown += (
+            f"\n## Where {profile['system']}'s step time goes\n\ntorch profiler, "
+            f"{profile['profiled_steps']} steps after the first {spec.warmup_steps_excluded + 1} "
+            f"({profile['step_s']:.2f} s per step under the profiler; "
+            f"{profile['dynamo']['recompiles']} recompiles). Each op's self time counts once; "
+            "ops under the optimizer step or the data loader count there (bench/_profile.py).\n\n"
+            + profile_table(profile)
+        )
     # A smoke run never replaces the full results.
     payload = {"spec": asdict(spec), "machine": info, "quick": args.quick, "results": results}
+    if profile:
+        payload["profile"] = profile
     if "error" not in limits:
         payload["peak_flops"] = {"bf16": limits["peak"]["bf16"], "fp32": limits["peak"]["fp32"]}
         payload["limits"] = limits

@@ -100,16 +100,19 @@ def lora(model):
 
 
 @pytest.mark.parametrize(
-    "loss_type,label_smoothing,adapter",
+    "loss_type,label_smoothing,adapter,sft_weight",
     [
-        ("sigmoid", 0.0, False),
-        ("ipo", 0.0, False),
-        ("hinge", 0.0, False),
-        ("robust", 0.2, False),
-        ("sigmoid", 0.0, True),
+        ("sigmoid", 0.0, False, 0.0),
+        ("ipo", 0.0, False, 0.0),
+        ("hinge", 0.0, False, 0.0),
+        ("robust", 0.2, False, 0.0),
+        ("sigmoid", 0.0, True, 0.0),
+        ("sigmoid", 0.0, True, 0.7),  # TRL's loss_type [sigmoid, sft] with loss_weights [1, 0.7]
     ],
 )
-def test_dpo_equals_trl_dpo_trainer(tokenizer, tmp_path, loss_type, label_smoothing, adapter):
+def test_dpo_equals_trl_dpo_trainer(
+    tokenizer, tmp_path, loss_type, label_smoothing, adapter, sft_weight
+):
     from trl import DPOConfig, DPOTrainer
 
     records = pair_records()
@@ -127,7 +130,7 @@ def test_dpo_equals_trl_dpo_trainer(tokenizer, tmp_path, loss_type, label_smooth
         reference = FrozenCopy(base)
     beta = 0.3
     options = OBJECTIVES["dpo"].Options(
-        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight
     )
     ours_loss, metrics = our_loss(
         OBJECTIVES["dpo"](options), policy, collate(pairs, tokenizer.pad_token_id, False), reference
@@ -142,7 +145,8 @@ def test_dpo_equals_trl_dpo_trainer(tokenizer, tmp_path, loss_type, label_smooth
                 DPOConfig,
                 tmp_path,
                 beta=beta,
-                loss_type=[loss_type],
+                loss_type=[loss_type, "sft"] if sft_weight else [loss_type],
+                loss_weights=[1.0, sft_weight] if sft_weight else None,
                 label_smoothing=label_smoothing,
             ),
             train_dataset=datasets.Dataset.from_list(records),

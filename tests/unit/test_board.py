@@ -190,3 +190,17 @@ def test_plan_panel_says_what_would_fit_only_when_the_recipe_does_not():
     expected = what_would_fit(cfg, "t4-16gb", 1, seq_len)
     assert shown and [s["overrides"] for s in shown] == [s.overrides for s in expected]
     assert form.would_fit(cfg, "b200-180gb", 1) == []
+
+
+def test_a_two_process_launch_trains_on_both_ranks(tmp_path):
+    overrides = run_overrides(tmp_path, steps=2, **{"strategy.name": "ddp"})
+    jobs = Jobs(tmp_path / "runs", ROOT)
+    run = jobs.launch("ddp", form.recipe_dict(load_config(None, overrides)), nproc=2)
+    for _ in range(720):
+        if (run / runs.EXIT).is_file():
+            break
+        time.sleep(0.25)
+    log = (run / runs.LOG).read_text()
+    assert runs.status_of(run).status == "finished", log[-2000:]
+    assert "--nproc-per-node 2" in log.splitlines()[0]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2

@@ -8,6 +8,12 @@ sigmoid -log sigmoid(beta h) (Rafailov et al. 2023); hinge relu(1 - beta h); ipo
 (h_avg - 1 / (2 beta))^2 with the log-ratios averaged per response token (Azar et al. 2023, as the
 IPO authors normalise); robust ((1 - e) -log sigmoid(beta h) + e log sigmoid(-beta h)) / (1 - 2e)
 with e = label_smoothing (Chowdhury et al. 2024). Rewards are beta times the log-ratios.
+
+`sft_weight` w adds w times the mean NLL of the chosen responses' tokens (TRL's
+`loss_type=[..., "sft"]` with `loss_weights`; RPO, Pang et al. 2024). Plain DPO only asks the
+chosen to gain on the rejected *relative to the reference*: when the two differ by a few words (an
+edit and its source) both can lose likelihood while the margin grows, and greedy decoding drifts
+to text neither side holds. The supervised term keeps the chosen likely.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.config import option
+from tunesmith.data.tokenize import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.objectives.base import Metrics, Reference, Sums, pair_count, pair_mask, pair_metrics
-from tunesmith.objectives.logps import response_logps
+from tunesmith.objectives.logps import response_logps, shifted
 
 
 @dataclass
@@ -33,6 +40,11 @@ class DpoOptions:
         "sigmoid", "sigmoid (DPO), ipo, hinge (SLiC) or robust (rDPO, uses label_smoothing)."
     )
     label_smoothing: float = option(0.0, "robust: assumed share of flipped preference labels.")
+    sft_weight: float = option(
+        0.0,
+        "Add this weight times the supervised loss (mean NLL per chosen token), as TRL's "
+        "loss_type [..., sft]: keeps the chosen likely when chosen and rejected are near-copies.",
+    )
     precompute_reference: bool = option(
         False,
         "Compute the reference log-probs in one pass before training and cache them with the "
@@ -51,6 +63,8 @@ class DpoOptions:
                 f"objective.label_smoothing is used by loss_type=robust, not {self.loss_type}",
                 "set objective.loss_type=robust",
             )
+        if self.sft_weight < 0:
+            raise UserError(f"objective.sft_weight={self.sft_weight} must be 0 or more", "e.g. 1.0")
 
 
 class Dpo:
@@ -65,7 +79,10 @@ class Dpo:
         self.options = options or DpoOptions()
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {"pairs": pair_count(batch)}
+        n = pair_count(batch)
+        if not self.options.sft_weight:
+            return {"pairs": n}
+        return {"pairs": n, "tokens": int((shifted(batch["labels"])[:n] != IGNORE).sum())}
 
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], reference: Reference | None
@@ -93,4 +110,7 @@ class Dpo:
         metrics = pair_metrics(
             valid, o.beta * chosen, o.beta * rejected, chosen_logps, rejected_logps
         )
-        return {"pairs": (per_pair * valid).sum()}, metrics
+        sums = {"pairs": (per_pair * valid).sum()}
+        if o.sft_weight:
+            sums["tokens"] = -o.sft_weight * (chosen_logps * valid).sum()
+        return sums, metrics

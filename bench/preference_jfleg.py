@@ -57,7 +57,7 @@ def gleu_scores(
 ) -> dict[str, Any]:
     """GLEU of each model on the first `n` JFLEG test sentences, plus copying the source.
 
-    With `work`, each model's generations go to `work/<model>.predictions.jsonl`."""
+    With `work`, each model's generations go to `work/<its folder name>.predictions.jsonl`."""
     from tunesmith.data.formats import format_record
     from tunesmith.data.sources import read_records
     from tunesmith.evaluate import example_references, task_metrics
@@ -79,9 +79,7 @@ def gleu_scores(
     settings = GenerationSettings(max_new_tokens=64, num_beams=1, batch_size=16)
     for name, model_dir in models.items():
         started = time.perf_counter()
-        saved = (
-            work / f"{name.split(' (')[0].replace(' + ', '-')}.predictions.jsonl" if work else None
-        )
+        saved = work / f"{model_dir.name}.predictions.jsonl" if work else None
         result = task_metrics(
             model_dir, examples, ["gleu"], settings, prompt_limits(entry), predictions_path=saved
         )

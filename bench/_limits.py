@@ -54,18 +54,24 @@ def _time_matmul(a: Any, b: Any, min_seconds: float, device: str) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
 
+    # Into one preallocated output: a fresh one per product would time the allocator (a large
+    # CPU buffer is a new mmap whose pages are zero-filled on first touch), not the GEMM.
+    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device=a.device)
     for _ in range(2):
-        a @ b
+        torch.matmul(a, b, out=out)
     sync()
-    reps, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        reps += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and reps >= 3:
-            break
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * reps / elapsed
+    best = 0.0
+    for _ in range(3):  # the best of three windows: the peak, not the load of the moment
+        reps, start = 0, time.perf_counter()
+        while True:
+            torch.matmul(a, b, out=out)
+            reps += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds / 3 and reps >= 3:
+                break
+        best = max(best, 2 * a.shape[0] * a.shape[1] * b.shape[1] * reps / elapsed)
+    return best
 
 
 def non_embedding_params(model: dict[str, Any]) -> int:

@@ -23,6 +23,7 @@ MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_int_
 LOSS = ("cross_entropy", "log_softmax", "nll_loss", "logsumexp")
 ATTENTION = ("scaled_dot_product", "flash_attention", "efficient_attention")
 DATA_SCOPE = "tunesmith.data.next_batch"
+LOSS_SCOPE = "tunesmith.cross_entropy"  # train/loss.py's PROFILE_SCOPE
 CATEGORIES = [
     "attention",
     "LM head matmul",
@@ -44,6 +45,8 @@ def category(event: Any, vocab: int) -> str | None:
             return "optimizer"
         if parent.name == DATA_SCOPE:
             return "data"
+        if parent.name == LOSS_SCOPE:  # tunesmith's cross-entropy (its ops are plain aten ops)
+            return "loss"
         parent = parent.cpu_parent
     name = event.name
     if any(key in name for key in ATTENTION):
@@ -119,10 +122,13 @@ class StepBreakdown:
             raise RuntimeError(f"training ran {len(self._step_ends)} steps: too few to profile")
         wall = ends[-1] - ends[0]
         seconds = dict.fromkeys(CATEGORIES, 0.0)
+        other_ops: dict[str, float] = {}  # "other aten ops" by op: what the largest bucket holds
         for event in self._profiler.events():
             name = category(event, self.vocab)
             if name is not None:
                 seconds[name] += event.self_cpu_time_total / 1e6
+            if name == "other aten ops":
+                other_ops[event.name] = other_ops.get(event.name, 0.0) + event.self_cpu_time_total
         seconds["python & framework"] = max(0.0, wall - sum(seconds.values()))
         per_step = {k: v / profiled for k, v in seconds.items()}
         total = sum(per_step.values())
@@ -131,4 +137,8 @@ class StepBreakdown:
             "step_s": wall / profiled,
             "seconds_per_step": per_step,
             "share": {k: v / total for k, v in per_step.items()},
+            "top_other_aten_ops": {
+                op: us / 1e6 / profiled
+                for op, us in sorted(other_ops.items(), key=lambda kv: -kv[1])[:8]
+            },
         }

@@ -13,7 +13,7 @@ prompt and summary fit `cutoff_len` tokens, `epochs` epochs at batch 4, AdamW wi
 schedule; then ROUGE-1/2/L on the first `test_examples` test dialogues with the paper's decoding
 (4 beams, repetition penalty 2.5). Green re-selects every 2 epochs, the paper's interval.
 
-Variants (the json's `results` keys): `full`; `green-0.4`, `green-0.5`, `green-0.7`; `lora` (the
+Variants (the json's `results` keys): `base` (the untrained model, scored only); `full`; `green-0.4`, `green-0.5`, `green-0.7`; `lora` (the
 paper's r 8, alpha 32, dropout 0.1 on q_proj+v_proj); `prefix` (20 virtual tokens); the controls
 `random-0.5` (random importance) and `top-0.5` (the last tensors in execution order, as many as
 fit), both at green 0.5's budget through the same DP; and `green-lora-0.5` (method.adapter=lora:
@@ -58,6 +58,7 @@ from _harness import (  # noqa: E402
 SAMSUM = SHARED_DATA / "samsum" / "samsum.zip"
 STORIES = SHARED_DATA / "stories260K"
 VARIANTS = [
+    "base",
     "full",
     "green-0.4",
     "green-0.5",
@@ -69,8 +70,9 @@ VARIANTS = [
     "green-lora-0.5",
 ]
 SCALES: dict[str, dict[str, Any]] = {
-    # Sized for <= 2.5 h on 2 cores (an estimate from ~8 s per full step and ~3 s per beam-searched
-    # summary on a loaded machine; not yet run end to end here).
+    # Sized for <= 2.5 h on 2 cores: the 48-dialogue run of 2026-12-04 (docs/green_trainer.md) took
+    # 4.3 s per full step and 3.1 s per beam-searched summary at 16 dialogues a batch, so 48 steps
+    # and 200 summaries per variant come to about 2.3 h for all ten; not yet run end to end.
     "full": {
         "model": str(SMOLLM2_TOKENIZER),
         "train_examples": 96,
@@ -79,6 +81,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "cutoff_len": 256,
         "test_examples": 200,
         "max_new_tokens": 64,
+        "score_batch_size": 16,  # dialogues per beam search (x 4 beams)
         "lr": {"full": 5e-5, "green": 5e-5, "lora": 2e-4, "prefix": 5e-3},
     },
     # Smoke run: the same pipeline on the real pretrained stories260K, a few steps per variant.
@@ -90,6 +93,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "cutoff_len": 512,
         "test_examples": 4,
         "max_new_tokens": 16,
+        "score_batch_size": 4,
         "lr": {"full": 1e-3, "green": 1e-3, "lora": 3e-3, "prefix": 1e-2},
     },
 }
@@ -225,19 +229,19 @@ class FlopsMeter:
         from tunesmith.methods.base import count_parameters, unwrap
         from tunesmith.train.loss import token_loss
 
-        def counted(model, micro_batches, strategy, encoder_decoder):
+        def counted(model, micro_batches, strategy, *args, **kwargs):  # objective, reference
             tokens = sum(b["input_ids"].numel() for b in micro_batches)
             inner = unwrap(model)
             flags = tuple(p.requires_grad for p in inner.parameters())
             self.steps += 1
             if flags == self.flags:
-                result = forward_backward(model, micro_batches, strategy, encoder_decoder)
+                result = forward_backward(model, micro_batches, strategy, *args, **kwargs)
                 scale = tokens / self.last["tokens"]
             else:
                 self.flags = flags
                 started, cpu = time.perf_counter(), time.process_time()
                 with flop_counter() as counter:
-                    result = forward_backward(model, micro_batches, strategy, encoder_decoder)
+                    result = forward_backward(model, micro_batches, strategy, *args, **kwargs)
                 total = counter.get_total_flops()
                 with torch.no_grad(), torch.random.fork_rng(), flop_counter() as fc:
                     for batch in micro_batches:
@@ -294,16 +298,37 @@ def worker(variant: str, scale_name: str, data_dir: Path, out: Path, run_dir: Pa
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     scale = SCALES[scale_name] if scale_name in SCALES else json.loads(scale_name)
-    cfg = tunesmith.load_config(None, overrides(variant, scale, data_dir, run_dir))
+    trained_as = "full" if variant == "base" else variant  # base: the same data, no training
+    cfg = tunesmith.load_config(None, overrides(trained_as, scale, data_dir, run_dir))
+    settings = GenerationSettings(
+        max_new_tokens=scale["max_new_tokens"],
+        num_beams=4,
+        repetition_penalty=2.5,
+        batch_size=scale.get("score_batch_size", 4),
+    )
+    if variant == "base":  # the untrained model: what fine-tuning has to improve on
+        scored_at = time.perf_counter()
+        scores = task_metrics(
+            Path(scale["model"]),
+            load_examples(cfg, "test"),
+            ["rouge1", "rouge2", "rougeL"],
+            settings,
+            prompt_limits(dataset_entries(cfg.data, "test")[0]),
+        )
+        record = {
+            "variant": variant,
+            **{k: 100 * scores[k] for k in ("rouge1", "rouge2", "rougeL")},
+        }
+        record.update(test_examples=scores.get("n_examples"), train_seconds=0.0, train_flops=0.0)
+        record["score_seconds"] = time.perf_counter() - scored_at
+        out.write_text(json.dumps(record, indent=2))
+        return
     meter = FlopsMeter()
     loop = importlib.import_module("tunesmith.train.loop")  # `tunesmith.train` is the function
     loop.forward_backward = meter.wrap(loop.forward_backward)
     started, cpu = time.perf_counter(), time.process_time()
     summary = tunesmith.train(cfg, overwrite=True)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    settings = GenerationSettings(
-        max_new_tokens=scale["max_new_tokens"], num_beams=4, repetition_penalty=2.5, batch_size=4
-    )
     scored_at = time.perf_counter()
     scores = task_metrics(
         run_dir / "final",
@@ -362,6 +387,10 @@ def render(payload: dict[str, Any]) -> str:
         if "error" in r:
             rows.append([name, r["error"]] + [""] * 9)
             continue
+        if name == "base":
+            scores = [f"{r[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL")]
+            rows.append([name + " (untrained)", *scores, "0", "0", "0", "-", "0%", "0%"])
+            continue
         share = r["planned_step_share"]
         shares = "/".join(f"{100 * s:.0f}%" for s in share)
         trained = "/".join(f"{100 * s:.1f}%" for s in r["trainable_share"])
@@ -409,8 +438,8 @@ def render(payload: dict[str, Any]) -> str:
             table,
             "",
             "FLOPs are matrix-product FLOPs (torch FlopCounterMode, 2 per multiply-add); planned "
-            "backward is tunesmith.estimate.flops for the same masks. Timings measured on a "
-            "loaded machine (load average before/after each run in the json).",
+            "backward is tunesmith.estimate.flops for the same masks. Times are wall and CPU "
+            "seconds; the load average before and after each run is in the json.",
             "",
             payload.get("targets", ""),
             "",
@@ -482,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-examples", type=int)
     parser.add_argument("--test-examples", type=int)
     parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--lr", action="append", default=[], metavar="KIND=LR", help="e.g. green=2e-4 (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", help="results file name (default green_quality[_quick])")
     parser.add_argument("--render", type=Path, help="re-render a results json (md and png)")
@@ -506,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("model", "train_examples", "test_examples", "epochs"):
         if getattr(args, key) is not None:
             scale[key] = getattr(args, key)
+    for item in args.lr:  # full, green, lora or prefix
+        kind, _, value = item.partition("=")
+        if kind not in scale["lr"] or not value:
+            parser.error(f"--lr {item}: expected KIND=LR with KIND one of {', '.join(scale['lr'])}")
+        scale["lr"] = {**scale["lr"], kind: float(value)}
     if not (Path(scale["model"]) / "config.json").exists():
         print(
             f"green_quality: model {scale['model']} is not on disk (SmolLM2-135M-Instruct: run "
@@ -543,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
     }
     payload["targets"] = targets(results)
-    if args.quick or args.train_examples or args.test_examples or args.model:
+    if args.quick or args.train_examples or args.test_examples or args.model or args.lr:
         payload["targets"] = (
             "Not the protocol's scale: these numbers check the pipeline, not the paper's claim. "
             + payload["targets"]

@@ -436,7 +436,12 @@ def profile_table(profile: dict[str, Any]) -> str:
         [name, f"{seconds[name]:.3f}", f"{100 * share[name]:.1f}%"]
         for name in sorted(share, key=share.get, reverse=True)
     ]
-    return markdown_table(["where the step time goes", "s per step", "share"], rows)
+    table = markdown_table(["where the step time goes", "s per step", "share"], rows)
+    top = profile.get("top_other_aten_ops") or {}
+    if not top:
+        return table
+    ops = ", ".join(f"{op.removeprefix('aten::')} {seconds:.3f}" for op, seconds in top.items())
+    return f"{table}\n\nLargest of the other aten ops (s per step): {ops}."
 
 
 def worker(system: str, spec: Spec, out: Path, tmp: str) -> None:

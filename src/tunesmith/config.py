@@ -157,10 +157,15 @@ class TrainConfig:
     compile: bool | Literal["auto"] = option(
         "auto",
         "torch.compile the transformer blocks (slow first steps, faster after); auto = on for "
-        "one-process runs on CUDA or on CPU with bf16 (docs/speed.md).",
+        "one-process runs on CUDA; off on CPU, where it measured too little gain (docs/speed.md).",
     )
     kernels: Literal["none", "liger"] = option(
         "none", "liger: Liger-Kernel's fused linear cross-entropy, RMSNorm, RoPE, SwiGLU (CUDA)."
+    )
+    host_memory: Literal["reuse", "system"] = option(
+        "reuse",
+        "CPU runs: keep freed buffers in glibc's heap for the next step instead of unmapping "
+        "them (faster; RSS stays near its peak); system: leave malloc as it is.",
     )
     loss_chunk_size: int = option(
         2048, "Target positions per LM-head + cross-entropy chunk (bounds logits memory; 0: one)."

@@ -26,7 +26,7 @@ def val_loss_drop(tmp_path, name: str, precision: str, optimizer: str) -> float:
             "train.lr": 1e-5,
             "train.lr_schedule": "constant",
             "train.precision": precision,
-            "train.compile": False,  # auto would compile bf16 on CPU: minutes of cold compile
+            "train.compile": False,  # eager, whatever auto decides on this machine
             "train.optimizer": optimizer,
             "train.log_every": 25,
             "eval.eval_before_train": True,

@@ -27,8 +27,8 @@ def test_auto_resolves_as_documented():
     def on(setting, device=CPU, precision="fp32", quantized=False, compiles=True):
         return resolve(setting, device, precision, quantized, compiles).enabled
 
-    assert not on("auto") and on("auto", precision="bf16-mixed") and on("auto", CUDA)
-    assert on("auto", precision="bf16-pure") and not on("auto", precision="fp16-mixed")
+    assert not on("auto") and not on("auto", precision="bf16-mixed") and on("auto", CUDA)
+    assert not on("auto", precision="bf16-pure") and on("auto", CUDA, precision="bf16-mixed")
     assert not on("auto", CUDA, quantized=True) and not on("auto", CUDA, compiles=False)
     assert not resolve("auto", CUDA, "bf16-mixed", False, True, encoder_decoder=True).enabled
     assert on(True) and on(True, quantized=True, compiles=False) and not on(False, CUDA)
@@ -72,7 +72,10 @@ def test_variable_length_batches_compile_at_most_once_per_bucket(tmp_path, monke
     }
     steps = 8
     compiled_cfg = load_config(
-        None, run_overrides(tmp_path / "c", "llama", "full", steps, **common)
+        None,
+        run_overrides(
+            tmp_path / "c", "llama", "full", steps, **common, **{"train.compile": "true"}
+        ),
     )
     data = build_dataloaders(
         compiled_cfg, load_tokenizer(compiled_cfg.model), 0, 1, False, compiled=True
@@ -83,10 +86,7 @@ def test_variable_length_batches_compile_at_most_once_per_bucket(tmp_path, monke
 
     compiled = train(compiled_cfg)
     stats = compiled["compile"]
-    assert (
-        stats["enabled"]
-        and stats["reason"] == "auto: CPU with bf16-mixed (about 2x after the first steps)"
-    )
+    assert stats["enabled"] and stats["reason"] == "train.compile=true"
     # One static graph for the first length, one dynamic graph for every later one.
     assert 1 <= stats["compiled_graphs"] <= min(buckets, 2)
     assert stats["recompiles"] <= buckets - 1 and stats["graph_breaks"] == 0

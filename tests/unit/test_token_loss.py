@@ -96,3 +96,29 @@ def test_chunked_head_gives_the_unchunked_loss_and_gradients(kind):
         textbook_loss(model, batch, kind == "t5") if kind != "llama-prompt" else (whole, 0)
     )
     assert whole.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_summed_cross_entropy_equals_torchs_loss_and_gradient(dtype):
+    """The lean cross-entropy (one n x V buffer in backward) against F.cross_entropy on the same
+    logits (bf16 upcast to fp32 as before), with ignored rows and a non-unit upstream gradient."""
+    from tunesmith.train.loss import SummedCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(64, 1000, generator=g, dtype=torch.float64)).to(dtype)
+    labels = torch.randint(0, 1000, (64,), generator=g)
+    labels[::5] = IGNORE
+    ours_in = logits.clone().requires_grad_()
+    ours = SummedCrossEntropy.apply(ours_in, labels)
+    (1.7 * ours).backward()
+    theirs_in = logits.clone().requires_grad_()
+    wide = theirs_in.float() if dtype == torch.bfloat16 else theirs_in
+    theirs = F.cross_entropy(wide, labels, ignore_index=IGNORE, reduction="sum")
+    (1.7 * theirs).backward()
+    assert (
+        ours.dtype == theirs.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    )
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert ours_in.grad.dtype == dtype
+    assert torch.allclose(ours_in.grad.double(), theirs_in.grad.double(), atol=1e-5, rtol=1e-3)
+    assert ours_in.grad[::5].abs().sum() == 0  # ignored rows get no gradient

@@ -57,9 +57,10 @@ def resolve(
 ) -> CompileChoice:
     """Decide `train.compile`: true/false as given; `auto` by where compiling was measured to pay.
 
-    auto is on for one-process runs on CUDA, and on CPU with bf16 (2.2x with bf16 autocast in
-    ../shared/design/FACTS.md; fp32 gained only 1.07-1.17x, less than a cold compile costs short
-    runs). It stays off for bitsandbytes-quantized models, for strategies that do not declare
+    auto is on for one-process runs on CUDA. On CPU it is off: compiled blocks once gave 2.2x
+    with bf16 autocast (../shared/design/FACTS.md), but against today's eager path (one-buffer
+    cross-entropy, reused host memory) they measured 1.02x padded and 1.07x packed in bf16
+    (bench/README.md, 2026-12-04) and 1.07-1.17x in fp32, for a cold compile of 30-60 s. It stays off for bitsandbytes-quantized models, for strategies that do not declare
     `compiles_by_default` (multi-process runs are not measured compiled yet), and for
     encoder-decoder models (T5 makes 8 graph variants: its first block owns the position bias,
     encoder and decoder differ; 200 s of tracing for a tiny T5 even without code generation).
@@ -76,9 +77,9 @@ def resolve(
         return CompileChoice(False, "auto: this strategy is not measured compiled (set true)")
     if device.type == "cuda":
         return CompileChoice(True, "auto: CUDA device")
-    if device.type == "cpu" and precision in ("bf16-mixed", "bf16-pure"):
-        return CompileChoice(True, f"auto: CPU with {precision} (about 2x after the first steps)")
-    return CompileChoice(False, f"auto: {device.type} with {precision} gains too little to pay")
+    return CompileChoice(
+        False, f"auto: {device.type} with {precision} gains too little to pay (docs/speed.md)"
+    )
 
 
 def default_cache_dir() -> Path:

@@ -44,6 +44,7 @@ from tunesmith.objectives.sft import Sft
 from tunesmith.strategies import STRATEGIES
 from tunesmith.tracking import Tracker
 from tunesmith.train import compile as compiling
+from tunesmith.train.host_memory import configure_host_memory
 from tunesmith.train.kernels import apply_kernels
 from tunesmith.train.loss import token_loss
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -208,6 +209,8 @@ def _run(
     seed_everything(cfg.seed)
     tracker = Tracker(cfg, out, strategy.is_main)
     tracker.info(compiled.describe())
+    if (line := configure_host_memory(cfg.train.host_memory, strategy.device)) is not None:
+        tracker.info(line)
     for split, s in data.stats.items():
         if s.examples:
             tracker.info(describe_stats(split, s))

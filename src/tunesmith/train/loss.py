@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith.data.tokenize import IGNORE
 from tunesmith.methods.base import unwrap
 
+PROFILE_SCOPE = "tunesmith.cross_entropy"  # bench/_profile.py counts the ops under it as loss
 CHUNK_SIZE = 2048  # target positions per LM-head chunk (train.loss_chunk_size)
 # Config keys of models whose logits are not just head(hidden): soft-capping, scaling. Their
 # head then runs on all target positions at once, through the model's own code.
@@ -117,9 +119,49 @@ def _head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> t
 
 
 def _cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # cross-entropy over a large vocabulary needs fp32 accumulation
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    return SummedCrossEntropy.apply(logits, labels)
+
+
+class SummedCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum"), computed in fp32 (or
+    the logits' wider dtype), with a backward that writes the gradient in one buffer.
+
+    On a large vocabulary the rows x vocabulary passes around the head cost as much as the head's
+    matmul (bench/README.md's profile: torch's cross-entropy zero-fills an n x V gradient for
+    nll_loss, keeps an fp32 log-softmax for its backward and makes another n x V buffer there).
+    Here forward keeps only the logits it was given and one logsumexp per row, and backward
+    computes softmax - one_hot in place in a single fp32 buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        with record_function(PROFILE_SCOPE):
+            return SummedCrossEntropy._forward(ctx, logits, labels)
+
+    @staticmethod
+    def _forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        wide = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        valid = labels != IGNORE
+        safe = labels.masked_fill(~valid, 0)
+        lse = torch.logsumexp(wide, dim=-1)
+        picked = wide.gather(1, safe[:, None]).squeeze(1)
+        ctx.save_for_backward(logits, lse, safe, valid)
+        return ((lse - picked) * valid).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        with record_function(PROFILE_SCOPE):
+            return SummedCrossEntropy._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, lse, safe, valid = ctx.saved_tensors
+        wide = logits.to(lse.dtype, copy=True)  # the one n x V buffer
+        probs = wide.sub_(lse[:, None]).exp_()
+        rows = torch.arange(probs.shape[0], device=probs.device)
+        probs[rows, safe] -= 1.0
+        probs.mul_((grad * valid).to(probs.dtype)[:, None])  # ignored rows get no gradient
+        return probs.to(logits.dtype), None
 
 
 @contextlib.contextmanager

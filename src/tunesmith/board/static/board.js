@@ -56,11 +56,15 @@ function lineChart(target, title, series, opts = {}) {
   add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#99a" });
   add("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#99a" });
   for (let i = 0; i <= 4; i++) {
-    const y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
+    const y = y0 + (y1 - y0) * i / 4;
     add("text", { x: L - 6, y: sy(y) + 4, "text-anchor": "end", "font-size": 10, fill: "#556" }, fmt(y, 3));
     add("line", { x1: L, y1: sy(y), x2: W - R, y2: sy(y), stroke: "#eef" });
-    add("text", { x: sx(x), y: H - B + 14, "text-anchor": "middle", "font-size": 10, fill: "#556" }, Math.round(x));
   }
+  // Steps are integers: ticks at a 1-2-5 spacing, so labels never repeat or skip unevenly.
+  const decade = 10 ** Math.max(0, Math.floor(Math.log10((x1 - x0) / 5)));
+  const spacing = [1, 2, 5, 10].map(m => m * decade).find(d => (x1 - x0) / d <= 5);
+  for (let x = Math.ceil(x0 / spacing) * spacing; x <= x1; x += spacing)
+    add("text", { x: sx(x), y: H - B + 14, "text-anchor": "middle", "font-size": 10, fill: "#556" }, x);
   add("text", { x: W - R, y: H - 4, "text-anchor": "end", "font-size": 10, fill: "#556" }, "step");
   series.forEach((s, i) => {
     const good = s.points.filter(p => Number.isFinite(p[1]));
@@ -157,9 +161,13 @@ async function refreshCurves() {
     const last = [...d.metrics].reverse();
     const task = Object.entries(s).filter(([k]) => !["steps", "train_seconds", "tokens_per_s", "peak_memory_bytes", "trainable_params",
       "total_params", "final_loss", "best_val_loss", "output_dir", "world_size", "resumed_from_step", "skipped_steps", "examples_used"].includes(k));
-    const items = d.summary ? [["steps", s.steps], ["time", `${fmt(s.train_seconds, 1)} s`], ["tokens/s", fmt(s.tokens_per_s, 0)],
+    // Nested summary entries (compile: {enabled, reason, ...}) as "key value" pairs; empty ones skipped.
+    const show = v => (v !== null && typeof v === "object")
+      ? Object.entries(v).map(([k, x]) => `${k} ${fmt(x)}`).join(", ") : fmt(v);
+    const seconds = s.train_seconds < 10 ? fmt(s.train_seconds, 2) : fmt(s.train_seconds, 1);
+    const items = d.summary ? [["steps", s.steps], ["time", `${seconds} s`], ["tokens/s", fmt(s.tokens_per_s, 0)],
       ["trainable params", `${s.trainable_params} of ${s.total_params}`], ["final train loss", fmt(s.final_loss)],
-      ["best val loss", fmt(s.best_val_loss)], ...task.map(([k, v]) => [k, fmt(v)])]
+      ["best val loss", fmt(s.best_val_loss)], ...task.filter(([, v]) => v !== null).map(([k, v]) => [k, show(v)])]
       : [["last loss", fmt((last.find(r => "loss" in r) || {}).loss)], ["last val loss", fmt((last.find(r => "val_loss" in r) || {}).val_loss)]];
     $("#focus-summary").replaceChildren(el("table", { class: "grid", id: "summary-table" }, el("tbody", {},
       ...items.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: String(v) }))))));

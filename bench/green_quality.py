@@ -306,22 +306,26 @@ def worker(variant: str, scale_name: str, data_dir: Path, out: Path, run_dir: Pa
         repetition_penalty=2.5,
         batch_size=scale.get("score_batch_size", 4),
     )
-    if variant == "base":  # the untrained model: what fine-tuning has to improve on
-        scored_at = time.perf_counter()
+
+    def rouge(model_dir: Path) -> dict[str, Any]:
+        """ROUGE (0-100) of `model_dir` on the test dialogues, and the seconds it took."""
+        started = time.perf_counter()
         scores = task_metrics(
-            Path(scale["model"]),
+            model_dir,
             load_examples(cfg, "test"),
             ["rouge1", "rouge2", "rougeL"],
             settings,
             prompt_limits(dataset_entries(cfg.data, "test")[0]),
         )
-        record = {
-            "variant": variant,
+        return {
             **{k: 100 * scores[k] for k in ("rouge1", "rouge2", "rougeL")},
+            "test_examples": scores.get("n_examples"),
+            "score_seconds": time.perf_counter() - started,
         }
-        record.update(test_examples=scores.get("n_examples"), train_seconds=0.0, train_flops=0.0)
-        record["score_seconds"] = time.perf_counter() - scored_at
-        out.write_text(json.dumps(record, indent=2))
+
+    if variant == "base":  # the untrained model: what fine-tuning has to improve on
+        record = {"variant": variant, **rouge(Path(scale["model"]))}
+        out.write_text(json.dumps({**record, "train_seconds": 0.0, "train_flops": 0.0}, indent=2))
         return
     meter = FlopsMeter()
     loop = importlib.import_module("tunesmith.train.loop")  # `tunesmith.train` is the function
@@ -329,24 +333,13 @@ def worker(variant: str, scale_name: str, data_dir: Path, out: Path, run_dir: Pa
     started, cpu = time.perf_counter(), time.process_time()
     summary = tunesmith.train(cfg, overwrite=True)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    scored_at = time.perf_counter()
-    scores = task_metrics(
-        run_dir / "final",
-        load_examples(cfg, "test"),
-        ["rouge1", "rouge2", "rougeL"],
-        settings,
-        prompt_limits(dataset_entries(cfg.data, "test")[0]),
-    )
+    scores = rouge(run_dir / "final")
     first = meter.samples[0]
     record = {
         "variant": variant,
-        "rouge1": 100 * scores["rouge1"],
-        "rouge2": 100 * scores["rouge2"],
-        "rougeL": 100 * scores["rougeL"],
-        "test_examples": scores.get("n_examples"),
+        **scores,
         "train_seconds": wall - meter.seconds,
         "train_cpu_seconds": cpu - meter.cpu_seconds,
-        "score_seconds": time.perf_counter() - scored_at,
         "steps": summary["steps"],
         "train_flops": meter.totals["measured"],
         "measured_backward_flops": meter.totals["measured_backward"],

@@ -284,15 +284,15 @@ def plan(
     # Activations: what autograd saves per layer that backward reaches (`layer_activations`),
     # plus, at the start of backward, the logits and train/loss.py's cross-entropy buffers: the
     # saved logits, the fp32 softmax - one_hot written in place, and the gradient in the logits'
-    # dtype (8 bytes per position and vocabulary entry in fp32 and in bf16; torch's own
-    # cross-entropy needed 16: an fp32 log-softmax and two gradients). With activation checkpointing a
+    # dtype (8 bytes per position and vocabulary entry; torch's own cross-entropy needed 16: an
+    # fp32 log-softmax and two gradients). With activation checkpointing a
     # layer keeps only its input until backward recomputes it, one layer at a time.
     act_layers = max(shape.layers - shape.first_trainable_layer, 0)
     residual = shape.weight_bytes
     compute = 2 if precision.endswith("-mixed") else residual
     per_layer = layer_activations(shape, tokens, residual, compute)
-    # Mixed precision measured 2 bytes more (bench/plan_accuracy.py): autocast's bf16 logits
-    # are upcast for the loss while the bf16 gradient of the head's output is being made.
+    # 10 under autocast: measured, not derived (bench/plan_accuracy.py planned bf16-mixed
+    # recipes lowest with 8; the extra 2 bytes bring them closest without over-planning fp32).
     logit_bytes = 10 if precision.endswith("-mixed") else 8
     logits = tokens * shape.vocab * logit_bytes if shape.trainable_params else 0
     if cfg.train.activation_checkpointing:

@@ -60,7 +60,8 @@ def resolve(
     auto is on for one-process runs on CUDA. On CPU it is off: compiled blocks once gave 2.2x
     with bf16 autocast (../shared/design/FACTS.md), but against today's eager path (one-buffer
     cross-entropy, reused host memory) they measured 1.02x padded and 1.07x packed in bf16
-    (bench/README.md, 2026-12-04) and 1.07-1.17x in fp32, for a cold compile of 30-60 s. It stays off for bitsandbytes-quantized models, for strategies that do not declare
+    (bench/README.md, 2026-12-04) and 1.07-1.17x in fp32, for a cold compile of 30-60 s.
+    It stays off for bitsandbytes-quantized models, for strategies that do not declare
     `compiles_by_default` (multi-process runs are not measured compiled yet), and for
     encoder-decoder models (T5 makes 8 graph variants: its first block owns the position bias,
     encoder and decoder differ; 200 s of tracing for a tiny T5 even without code generation).

@@ -136,32 +136,22 @@ class SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         with record_function(PROFILE_SCOPE):
-            return SummedCrossEntropy._forward(ctx, logits, labels)
-
-    @staticmethod
-    def _forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        wide = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        valid = labels != IGNORE
-        safe = labels.masked_fill(~valid, 0)
-        lse = torch.logsumexp(wide, dim=-1)
-        picked = wide.gather(1, safe[:, None]).squeeze(1)
-        ctx.save_for_backward(logits, lse, safe, valid)
-        return ((lse - picked) * valid).sum()
+            wide = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            valid = labels != IGNORE
+            safe = labels.masked_fill(~valid, 0)
+            lse = torch.logsumexp(wide, dim=-1)
+            picked = wide.gather(1, safe[:, None]).squeeze(1)
+            ctx.save_for_backward(logits, lse, safe, valid)
+            return ((lse - picked) * valid).sum()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         with record_function(PROFILE_SCOPE):
-            return SummedCrossEntropy._backward(ctx, grad)
-
-    @staticmethod
-    def _backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logits, lse, safe, valid = ctx.saved_tensors
-        wide = logits.to(lse.dtype, copy=True)  # the one n x V buffer
-        probs = wide.sub_(lse[:, None]).exp_()
-        rows = torch.arange(probs.shape[0], device=probs.device)
-        probs[rows, safe] -= 1.0
-        probs.mul_((grad * valid).to(probs.dtype)[:, None])  # ignored rows get no gradient
-        return probs.to(logits.dtype), None
+            logits, lse, safe, valid = ctx.saved_tensors
+            probs = logits.to(lse.dtype, copy=True).sub_(lse[:, None]).exp_()  # one n x V buffer
+            probs[torch.arange(probs.shape[0], device=probs.device), safe] -= 1.0
+            probs.mul_((grad * valid).to(probs.dtype)[:, None])  # ignored rows get no gradient
+            return probs.to(logits.dtype), None
 
 
 @contextlib.contextmanager

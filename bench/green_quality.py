@@ -70,9 +70,8 @@ VARIANTS = [
     "green-lora-0.5",
 ]
 SCALES: dict[str, dict[str, Any]] = {
-    # Sized for <= 2.5 h on 2 cores: the 48-dialogue run of 2026-12-04 (docs/green_trainer.md) took
-    # 4.3 s per full step and 3.1 s per beam-searched summary at 16 dialogues a batch, so 48 steps
-    # and 200 summaries per variant come to about 2.3 h for all ten; not yet run end to end.
+    # Sized for <= 2.5 h on 2 cores: nine variants took 80 min on 2026-12-07 (docs/green_trainer.md),
+    # 9-11 min each, of which 5-7.5 min are the 200 beam-searched summaries.
     "full": {
         "model": str(SMOLLM2_TOKENIZER),
         "train_examples": 96,
@@ -436,6 +435,11 @@ def render(payload: dict[str, Any]) -> str:
             "",
             payload.get("targets", ""),
             "",
+            *(
+                [f"Unfinished: {', '.join(payload['unfinished'])} not run yet.", ""]
+                if payload.get("unfinished")
+                else []
+            ),
             f"Command: `{payload['command']}`; total {payload['total_minutes']:.1f} min.",
             "",
         ]
@@ -482,12 +486,15 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, r in payload["results"].items():
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    markers = "os^Dv<>Ph*X"
+    for i, (name, r) in enumerate(payload["results"].items()):
         if "error" in r:
             continue
-        ax.scatter(r["train_flops"] / 1e12, r["rougeL"])
-        ax.annotate(name, (r["train_flops"] / 1e12, r["rougeL"]), fontsize=8)
+        # A legend rather than labels: variants at one budget sit on top of each other.
+        label = f"{name} ({r['rougeL']:.1f})"
+        ax.scatter(r["train_flops"] / 1e12, r["rougeL"], marker=markers[i % 11], s=40, label=label)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="ROUGE-L")
     ax.set_xlabel("training FLOPs (TFLOPs, measured, forward + backward)")
     ax.set_ylabel("test ROUGE-L")
     ax.set_title(f"Green Trainer on SAMSum ({payload['scale']} scale)")
@@ -545,39 +552,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     variants = [v for v in args.variants.split(",") if v]
     started = time.time()
+    command = "python bench/green_quality.py " + " ".join(argv or sys.argv[1:])
+    scaled_down = args.quick or args.train_examples or args.test_examples or args.model or args.lr
+
+    def payload_of(results: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+        description = (
+            f"Model {scale['model']}; SAMSum train subset of {sizes['train']} dialogues (the first "
+            f"that fit {scale['cutoff_len']} tokens), {scale['epochs']} epochs at batch "
+            f"{scale['batch_size']}; ROUGE on the first {sizes['test']} test dialogues, 4 beams, "
+            f"repetition penalty 2.5, at most {scale['max_new_tokens']} new tokens. Learning rates "
+            f"{scale['lr']}. Green re-selects every 2 epochs."
+        )
+        payload = {
+            "scale": scale_name if args.model is None else f"{scale_name}, model {scale['model']}",
+            "protocol": {**scale, "sizes": sizes, "description": description},
+            "results": results,
+            "command": command.strip(),
+            "total_minutes": (time.time() - started) / 60,
+            "machine": machine(),
+        }
+        payload["targets"] = targets(results)
+        if scaled_down:
+            payload["targets"] = (
+                "Not the protocol's scale: these numbers check the pipeline, not the paper's "
+                "claim. " + payload["targets"]
+            )
+        return payload
+
     with tempfile.TemporaryDirectory(prefix="green_quality_") as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
         sizes = write_subsets(scale, data_dir, scale["model"])
-        results = {}
+        results: dict[str, Any] = {}
         for variant in variants:
             print(f"green_quality: {variant} ...", file=sys.stderr, flush=True)
             results[variant] = run_variant(
                 variant, json.dumps(scale), data_dir, Path(tmp), args.threads
             )
             print(f"  {json.dumps({k: results[variant].get(k) for k in ('rougeL', 'train_seconds', 'train_flops', 'error')})}", file=sys.stderr)  # fmt: skip
-    description = (
-        f"Model {scale['model']}; SAMSum train subset of {sizes['train']} dialogues (the first that "
-        f"fit {scale['cutoff_len']} tokens), {scale['epochs']} epochs at batch "
-        f"{scale['batch_size']}; ROUGE on the first {sizes['test']} test dialogues, 4 beams, "
-        f"repetition penalty 2.5, at most {scale['max_new_tokens']} new tokens. Learning rates "
-        f"{scale['lr']}. Green re-selects every 2 epochs."
-    )
-    command = "python bench/green_quality.py " + " ".join(argv or sys.argv[1:])
-    payload = {
-        "scale": scale_name if args.model is None else f"{scale_name}, model {scale['model']}",
-        "protocol": {**scale, "sizes": sizes, "description": description},
-        "results": results,
-        "command": command.strip(),
-        "total_minutes": (time.time() - started) / 60,
-        "machine": machine(),
-    }
-    payload["targets"] = targets(results)
-    if args.quick or args.train_examples or args.test_examples or args.model or args.lr:
-        payload["targets"] = (
-            "Not the protocol's scale: these numbers check the pipeline, not the paper's claim. "
-            + payload["targets"]
-        )
+            # A long run that is stopped keeps the variants it finished: `--render` draws them.
+            partial = {**payload_of(results, sizes), "unfinished": variants[len(results) :]}
+            write_results(name, partial, render(partial))
+    payload = payload_of(results, sizes)
     write_results(name, payload, render(payload))
     plot(payload, RESULTS_DIR / f"{name}.png")
     print((RESULTS_DIR / f"{name}.md").read_text())

@@ -281,27 +281,31 @@ def generate_texts(
         limits = PromptLimits(limits)
     limits = fit_to_model(limits, model, settings.max_new_tokens)
     device = next(model.parameters()).device
-    outputs: list[str] = []
-    batches = range(0, len(examples), settings.batch_size)
+    prompts = encode_prompts(tokenizer, examples, limits, stats)
+    # Batches of similar lengths pad less: prompts go in by length, answers come back in order.
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    batches = range(0, len(prompts), settings.batch_size)
     for start in tqdm(batches, disable=not progress, desc="generate", unit="batch"):
-        chunk = examples[start : start + settings.batch_size]
-        prompts = encode_prompts(tokenizer, chunk, limits, stats)
-        width = max(len(p) for p in prompts)
+        chunk = by_length[start : start + settings.batch_size]
+        batch = [prompts[i] for i in chunk]
+        width = max(len(p) for p in batch)
         pad = tokenizer.pad_token_id
         # Decoder-only models continue from the last position, so prompts are padded on the left.
         if encoder_decoder:
-            ids = [p + [pad] * (width - len(p)) for p in prompts]
-            mask = [[1] * len(p) + [0] * (width - len(p)) for p in prompts]
+            ids = [p + [pad] * (width - len(p)) for p in batch]
+            mask = [[1] * len(p) + [0] * (width - len(p)) for p in batch]
         else:
-            ids = [[pad] * (width - len(p)) + p for p in prompts]
-            mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+            ids = [[pad] * (width - len(p)) + p for p in batch]
+            mask = [[0] * (width - len(p)) + [1] * len(p) for p in batch]
         generated = model.generate(
             input_ids=torch.tensor(ids, device=device),
             attention_mask=torch.tensor(mask, device=device),
             **generation_kwargs(settings, tokenizer),
         )
         new_tokens = generated if encoder_decoder else generated[:, width:]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            outputs[i] = text
     return [o.strip() for o in outputs]
 
 

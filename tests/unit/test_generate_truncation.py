@@ -167,3 +167,23 @@ def test_a_saved_run_cuts_generation_prompts_at_its_max_seq_len(tmp_path):
     record = read_run_record(tmp_path)
     entry = entry_from_record(record, str(tmp_path / "d.jsonl"))
     assert prompt_limits(entry, record["data"]["max_seq_len"]).max_input_tokens == 9
+
+
+def test_batched_generation_returns_each_answer_for_its_own_prompt(tokenizer, tmp_path):
+    """Prompts are batched by length (less padding); the answers still come back in input order,
+    each the one that prompt gets when generated alone."""
+    from tunesmith.generate import generate_texts
+
+    cfg = config(write_data(tmp_path), "left")
+    examples = load_examples(cfg, "train")
+    examples = examples + examples[::-1]  # lengths long, short, long, long, short, long
+    model = build_tiny_model("llama").eval()
+    limits = prompt_limits(dataset_entries(cfg.data, "train")[0])
+
+    def answers(batch_size: int) -> list[str]:
+        settings = GenerationSettings(max_new_tokens=4, batch_size=batch_size)
+        return generate_texts(model, tokenizer, examples, False, settings, limits, progress=False)
+
+    alone, batched = answers(1), answers(4)
+    assert batched == alone and alone[:3] == alone[3:][::-1]
+    assert len(set(alone[:3])) > 1  # the prompts get different answers, so order is tested
